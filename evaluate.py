@@ -1,0 +1,78 @@
+"""Score in-distribution and OOD test sets with ELBO, L^{>k} and LLR^{>k} (Havtorn et al. 2021).
+
+  python evaluate.py --workdir=workdirs/fmnist --ood=mnist --iw_samples=250 --output=out/fmnist
+
+Writes results.json, results.md (tables shaped like the paper's), ROC and histogram PNGs, the
+calibrated threshold and per-example score caches into --output.
+"""
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Training workdir (uses its latest checkpoint).")
+flags.DEFINE_string("checkpoint", None, "A checkpoint: a workdir, its checkpoints/ folder, a step "
+                    "directory, or a shipped model under pretrained/. Overrides --workdir.")
+flags.DEFINE_string("config", None, "Config file to use instead of the one saved with the checkpoint "
+                    "(must describe the same model).")
+flags.DEFINE_list("ood", None, "OOD test sets, comma separated (default: the config's data.ood), "
+                  "e.g. mnist,kmnist or svhn_cropped.")
+flags.DEFINE_integer("iw_samples", None, "Importance samples for both bounds (LLR^{>k}_S).")
+flags.DEFINE_integer("iw_samples_elbo", None, "Importance samples for the ELBO term only.")
+flags.DEFINE_integer("iw_samples_lk", None, "Importance samples for the L^{>k} term only.")
+flags.DEFINE_list("k", None, "Values of k to score (default: every k in 1..L-1).")
+flags.DEFINE_string("data_dir", None, "Folder with the .npz datasets (default: $HVAE_DATA_DIR).")
+flags.DEFINE_string("output", None, "Output folder (default: <checkpoint>/eval).")
+flags.DEFINE_integer("max_examples", None, "Score at most this many images per data set.")
+flags.DEFINE_integer("batch_size", None, "Evaluation batch size.")
+flags.DEFINE_integer("seed", 0, "Seed for the samples and the equal-size subsampling.")
+
+_ALIASES = {"svhn": "svhn_cropped", "fmnist": "fashion_mnist"}
+
+
+def main(argv):
+  del argv
+  import os  # pylint: disable=import-outside-toplevel
+  from hvae_jax import api, data, evaluation  # pylint: disable=import-outside-toplevel
+  from hvae_jax.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
+  path = FLAGS.checkpoint or FLAGS.workdir
+  if not path:
+    raise SystemExit("error: pass --workdir=<training workdir> or --checkpoint=<checkpoint dir>.")
+  try:
+    config = None
+    if FLAGS.config:
+      from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+      config = config_flags.load_config_file(FLAGS.config)
+    trained = api.load_model(path, config)
+    c = trained.config
+    if FLAGS.data_dir:
+      c.data.data_dir = FLAGS.data_dir
+    ood_names = [_ALIASES.get(n, n) for n in (FLAGS.ood or list(c.data.ood))]
+    for n in ood_names:
+      data.get_spec(n)
+    ks = tuple(int(k) for k in FLAGS.k) if FLAGS.k else trained.default_ks()
+    iw = FLAGS.iw_samples
+    settings = evaluation.EvalSettings(
+        ks=ks,
+        iw_samples_elbo=FLAGS.iw_samples_elbo or iw or c.eval.iw_samples_elbo,
+        iw_samples_lk=FLAGS.iw_samples_lk or iw or c.eval.iw_samples_lk,
+        batch_size=FLAGS.batch_size or c.eval.batch_size,
+        max_examples=FLAGS.max_examples if FLAGS.max_examples is not None else c.eval.max_examples,
+        seed=FLAGS.seed)
+    load = lambda name, split: data.load_images(name, split, c.data.data_dir or None, c.data.source)
+    in_test = trained.check_images(load(c.data.name, c.data.test_split))
+    in_train = trained.check_images(load(c.data.name, c.data.train_split))
+    oods = {}
+    for n in ood_names:
+      try:
+        oods[n] = trained.check_images(load(n, "test"))
+      except ValueError as e:
+        raise ValueError(f"OOD set {n!r} cannot be scored by this model: {e}") from None
+    out_dir = FLAGS.output or os.path.join(path, "eval")
+    results = evaluation.run(trained, c.data.name, in_test, in_train, oods, settings, out_dir)
+  except (ValueError, FileNotFoundError, RuntimeError, CheckpointError) as e:
+    raise SystemExit(f"error: {e}") from None
+  print(evaluation.markdown_report(results))
+  print(f"Wrote results, plots and the threshold to {out_dir}")
+
+
+if __name__ == "__main__":
+  app.run(main)

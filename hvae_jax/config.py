@@ -1,0 +1,128 @@
+"""The configuration every experiment starts from, and its validation.
+
+`configs/*.py` call `base_config()` and override what differs, so every knob lives here once
+with its default, and `validate` turns a bad value into an error that names the key.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+# The paper's FashionMNIST HVAE (hvae-oodd README): 3 stages of 64-channel residual blocks.
+FMNIST_BLOCKS = (((64, 5, 1), (64, 5, 1), (64, 5, 2)),
+                 ((64, 3, 1), (64, 3, 1), (64, 3, 2)),
+                 ((64, 3, 1), (64, 3, 1), (64, 3, 1)))
+FMNIST_LATENTS = (("conv", 8), ("dense", 16), ("dense", 8))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.compilation_cache_dir = ""  # a path enables JAX's persistent compilation cache
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "fashion_mnist"
+  c.data.source = "auto"  # 'auto' (local .npz if present, else tfds), 'npz' or 'tfds'
+  c.data.data_dir = ""  # '' = $HVAE_DATA_DIR
+  c.data.train_split = "train"
+  c.data.test_split = "test"
+  c.data.ood = ("mnist",)  # OOD test sets evaluate.py uses by default
+  c.data.eval_binarize_seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "hvae"  # 'hvae' or 'biva'
+  c.model.blocks = FMNIST_BLOCKS  # per stage: ((features, kernel, stride), ...)
+  c.model.latents = FMNIST_LATENTS  # per stage: (kind 'conv'|'dense', features)
+  c.model.likelihood = "bernoulli"  # 'bernoulli' (greyscale) or 'dmol' (colour)
+  c.model.num_mix = 10
+  c.model.activation = "relu"
+  c.model.latent_kernel = 3
+  c.model.upsample = "subpixel"  # 'subpixel' (fast on CPU) or 'transpose': same function
+  c.model.skip_mode = "mean"  # z_{<=k} in L^{>k}: prior 'mean' (reference) or 'sample'
+  c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (scores stay float32)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128
+  c.train.epochs = 1000
+  c.train.max_steps = -1  # > 0 stops earlier than `epochs`
+  c.train.learning_rate = 3e-4
+  c.train.grad_clip = 0.0  # 0 = no clipping (the reference does not clip)
+  c.train.free_bits = 2.0
+  c.train.free_bits_epochs = 400
+  c.train.warmup_epochs = 200
+  c.train.nan_policy = "stop"  # 'stop' (keep last good checkpoint) or 'skip' the update
+  c.train.log_every_steps = 50
+  c.train.eval_every_epochs = 10.0
+  c.train.eval_examples = -1  # -1 = whole test split
+  c.train.checkpoint_every_steps = 2000
+  c.train.keep_checkpoints = 3
+  c.train.sample_grid = 64  # prior samples saved as PNG at each evaluation (0 = none)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 500
+  c.eval.ks = ()  # () = every k in 1..L-1
+  c.eval.iw_samples_elbo = 1
+  c.eval.iw_samples_lk = 1
+  c.eval.chunk_size = 16
+  c.eval.max_examples = -1  # -1 = whole test split
+  c.eval.subsample_seed = 0
+  return c
+
+
+_CHOICES = {
+    "data.source": ("auto", "npz", "tfds"),
+    "model.name": ("hvae", "biva"),
+    "model.likelihood": ("bernoulli", "dmol"),
+    "model.upsample": ("subpixel", "transpose"),
+    "model.skip_mode": ("mean", "sample"),
+    "model.dtype": ("float32", "bfloat16"),
+    "train.nan_policy": ("stop", "skip"),
+}
+_POSITIVE = ("train.batch_size", "train.learning_rate", "train.log_every_steps",
+             "train.checkpoint_every_steps", "train.keep_checkpoints", "eval.batch_size",
+             "eval.iw_samples_elbo", "eval.iw_samples_lk", "eval.chunk_size", "model.num_mix")
+_NON_NEGATIVE = ("train.epochs", "train.free_bits", "train.free_bits_epochs",
+                 "train.warmup_epochs", "train.grad_clip", "train.eval_every_epochs")
+
+
+def _get(c: ml_collections.ConfigDict, dotted: str):
+  for part in dotted.split("."):
+    if part not in c:
+      raise ValueError(f"config is missing '{dotted}'; start configs from hvae_jax.config.base_config().")
+    c = c[part]
+  return c
+
+
+def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks types and ranges; raises ValueError naming the key and the allowed values."""
+  base = base_config()
+
+  def walk(ref, cfg, prefix=""):
+    for key in cfg.keys():
+      if key not in ref:
+        raise ValueError(f"Unknown config key '{prefix}{key}'. Known keys here: {sorted(ref.keys())}.")
+      if isinstance(ref[key], ml_collections.ConfigDict):
+        walk(ref[key], cfg[key], f"{prefix}{key}.")
+  walk(base, c)
+  for key, allowed in _CHOICES.items():
+    if _get(c, key) not in allowed:
+      raise ValueError(f"config.{key} = {_get(c, key)!r} is not one of {allowed}.")
+  for key in _POSITIVE:
+    if not _get(c, key) > 0:
+      raise ValueError(f"config.{key} must be > 0, got {_get(c, key)!r}.")
+  for key in _NON_NEGATIVE:
+    if _get(c, key) < 0:
+      raise ValueError(f"config.{key} must be >= 0, got {_get(c, key)!r}.")
+  try:
+    blocks = [[tuple(int(v) for v in b) for b in stage] for stage in c.model.blocks]
+    latents = [(str(kind), int(n)) for kind, n in c.model.latents]
+  except (TypeError, ValueError) as e:
+    raise ValueError("config.model.blocks must be ((features, kernel, stride), ...) per stage and "
+                     f"config.model.latents (kind, features) per stage: {e}") from None
+  if c.model.name == "hvae" and len(blocks) != len(latents):
+    raise ValueError(f"config.model.blocks has {len(blocks)} stages but config.model.latents "
+                     f"has {len(latents)}; give one latent per stage.")
+  if any(len(b) != 3 for stage in blocks for b in stage):
+    raise ValueError("each block in config.model.blocks must be (features, kernel, stride).")
+  if any(kind not in ("conv", "dense") for kind, _ in latents):
+    raise ValueError(f"latent kinds must be 'conv' or 'dense', got {[k for k, _ in latents]}.")
+  return c

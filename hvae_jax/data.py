@@ -1,0 +1,398 @@
+"""Datasets, preprocessing, minibatching and sharding.
+
+Images are handled as uint8 `[N, H, W, C]` numpy arrays on the host (greyscale gets a channel
+axis of size 1) until a batch is handed to the model:
+
+* greyscale sets (`kind='binary'`) are dynamically binarized per batch, x ~ Bernoulli(pixel/255),
+  for the Bernoulli likelihood; evaluation data gets one fixed, seeded binarization instead so
+  that scores are reproducible (`eval_binarize`);
+* colour sets (`kind='discrete'`) stay uint8 in [0, 255] for the discretized likelihood.
+
+Two sources, one API (`load_images`):
+
+* `'npz'`: offline archives `{data_dir}/{name}.npz` with arrays `{split}_images` (uint8
+  `[N, H, W]` or `[N, H, W, C]`); this is how real data is used on machines without internet.
+* `'tfds'`: `tfds.data_source` (random access over array_record files). Reading needs no
+  TensorFlow, also under `tfds.testing.mock_data`; it downloads and prepares the data set on
+  first use, and that one-time step does need TensorFlow (tfds 4.9.10's builders use
+  tf.io.gfile) and importlib_resources.
+
+tensorflow_datasets is imported lazily so that the rest of the package works without it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import zipfile
+import zlib
+from typing import Any, Iterator, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+Array = jax.Array
+
+DATA_DIR_ENV = "HVAE_DATA_DIR"
+SOURCES = ("auto", "npz", "tfds")
+KINDS = ("binary", "discrete")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What the code needs to know about one data set.
+
+  Attributes:
+    image_shape: `(H, W, C)` of one image.
+    kind: 'binary' (greyscale; binarized, Bernoulli likelihood) or 'discrete' (colour; uint8
+      kept, discretized likelihood).
+    tfds_name: name for `tfds.data_source`.
+    npz_file: file name of the offline archive inside the data dir, or None if the data set is
+      only available through tfds.
+    splits: the splits tfds offers (an npz archive may hold fewer; it is checked on load).
+  """
+  image_shape: tuple[int, int, int]
+  kind: str
+  tfds_name: str
+  npz_file: Optional[str]
+  splits: tuple[str, ...]
+
+  @property
+  def channels(self) -> int:
+    return self.image_shape[-1]
+
+
+# Adding a data set = adding one entry here.
+DATASETS: dict[str, DatasetSpec] = {
+    "fashion_mnist": DatasetSpec((28, 28, 1), "binary", "fashion_mnist", "fashion_mnist.npz",
+                                 ("train", "test")),
+    "mnist": DatasetSpec((28, 28, 1), "binary", "mnist", "mnist.npz", ("train", "test")),
+    "kmnist": DatasetSpec((28, 28, 1), "binary", "kmnist", None, ("train", "test")),
+    "cifar10": DatasetSpec((32, 32, 3), "discrete", "cifar10", "cifar10.npz", ("train", "test")),
+    "svhn_cropped": DatasetSpec((32, 32, 3), "discrete", "svhn_cropped", "svhn_cropped.npz",
+                                ("train", "test", "extra")),
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+  """The registry entry of `name`; ValueError listing the known names otherwise."""
+  if name not in DATASETS:
+    raise ValueError(f"Unknown dataset {name!r}; known datasets: {sorted(DATASETS)}.")
+  return DATASETS[name]
+
+
+def default_data_dir() -> Optional[str]:
+  """`$HVAE_DATA_DIR` if set and non-empty, else None (tfds then uses its own default)."""
+  return os.environ.get(DATA_DIR_ENV) or None
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_images(name: str, split: str, data_dir: Optional[str] = None, source: str = "auto",
+                download: bool = True) -> np.ndarray:
+  """All images of one split as uint8 `[N, H, W, C]`.
+
+  Args:
+    name: a key of `DATASETS`.
+    split: 'train', 'test', ... For tfds any split string tfds accepts ('train[:10%]', ...);
+      for npz exactly the `{split}_images` array of the archive.
+    data_dir: folder with `{name}.npz` archives and/or tfds data; default `$HVAE_DATA_DIR`,
+      else None (tfds default folder).
+    source: 'npz', 'tfds', or 'auto' (npz if `{data_dir}/{name}.npz` exists, else tfds).
+    download: tfds only: download and prepare the data set if it is not in `data_dir` yet.
+
+  Raises:
+    ValueError: unknown data set, source or split; unreadable or malformed npz archive.
+    FileNotFoundError: source='npz' and the archive is not there.
+    RuntimeError: tfds failed (typically: no internet); wraps the original error.
+  """
+  spec = get_spec(name)
+  if source not in SOURCES:
+    raise ValueError(f"Unknown source {source!r}; choose one of {SOURCES}.")
+  if data_dir is None:
+    data_dir = default_data_dir()
+  npz_path = _npz_path(spec, data_dir)
+
+  if source == "npz" or (source == "auto" and npz_path is not None and os.path.isfile(npz_path)):
+    return _load_npz(name, spec, split, npz_path)
+  # 'auto' falling through to tfds: say where the npz was looked for, if the download fails.
+  tried = npz_path if source == "auto" else None
+  return _load_tfds(name, spec, split, data_dir, download, tried_npz=tried)
+
+
+def _npz_path(spec: DatasetSpec, data_dir: Optional[str]) -> Optional[str]:
+  if data_dir is None or spec.npz_file is None:
+    return None
+  return os.path.join(os.path.expanduser(str(data_dir)), spec.npz_file)
+
+
+def _offline_hint(name: str) -> str:
+  return (f"set --data_dir or ${DATA_DIR_ENV} to a folder holding {name}.npz (uint8 arrays "
+          f"'<split>_images' of shape [N, H, W] or [N, H, W, C])")
+
+
+def _how_to_get(name: str, spec: DatasetSpec) -> str:
+  return (f"To use it offline, {_offline_hint(name)}; or use source='tfds' on a machine with "
+          f"internet (tfds name {spec.tfds_name!r}).")
+
+
+def _load_npz(name: str, spec: DatasetSpec, split: str, path: Optional[str]) -> np.ndarray:
+  if spec.npz_file is None:
+    raise ValueError(f"Dataset {name!r} has no offline npz archive; use source='tfds' "
+                     f"(tfds name {spec.tfds_name!r}).")
+  if path is None:
+    raise FileNotFoundError(
+        f"No data dir given for the npz archive of {name!r} ({spec.npz_file}). "
+        + _how_to_get(name, spec))
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Offline archive not found: {path} (dataset {name!r}). "
+                            + _how_to_get(name, spec))
+
+  key = f"{split}_images"
+  try:
+    # allow_pickle=False: garbage or foreign files fail loudly instead of being unpickled.
+    archive = np.load(path, allow_pickle=False)
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+      raise ValueError("it holds a single .npy array, not an .npz archive")
+    with archive:
+      available = sorted(k[:-len("_images")] for k in archive.files if k.endswith("_images"))
+      images = archive[key] if key in archive.files else None
+  except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError) as e:
+    raise ValueError(f"Could not read the npz archive {path}: {type(e).__name__}: "
+                     f"{str(e).rstrip('.')}. "
+                     f"Replace it with a valid copy. " + _how_to_get(name, spec)) from e
+
+  if images is None:
+    raise ValueError(f"Split {split!r} is not in {path}; available splits there: {available} "
+                     f"(array '{key}' missing). tfds offers {list(spec.splits)} "
+                     f"(source='tfds', needs internet).")
+  return _check_images(images, spec, f"array '{key}' of {path}")
+
+
+def _check_images(images: np.ndarray, spec: DatasetSpec, where: str) -> np.ndarray:
+  """Validate dtype/shape against the spec; add the channel axis to `[N, H, W]`."""
+  if images.dtype != np.uint8:
+    raise ValueError(f"{where}: dtype {images.dtype}, expected uint8 pixels in [0, 255].")
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4 or images.shape[1:] != spec.image_shape:
+    expected = ", ".join(map(str, spec.image_shape))
+    raise ValueError(f"{where}: shape {images.shape}, expected [N, {expected}] "
+                     f"(or [N, H, W] for one channel).")
+  return images
+
+
+def _split_names(split: str) -> list[str]:
+  """Base split names of a tfds split expression, e.g. 'train[:10%]+test' -> [train, test]."""
+  return [re.split(r"[\[(]", part, maxsplit=1)[0].strip() for part in split.split("+")]
+
+
+def _load_tfds(name: str, spec: DatasetSpec, split: str, data_dir: Optional[str],
+               download: bool, tried_npz: Optional[str] = None) -> np.ndarray:
+  bad = [s for s in _split_names(split) if s not in spec.splits]
+  if bad:
+    raise ValueError(f"Split {split!r} of {name!r}: unknown split(s) {bad}; available splits: "
+                     f"{list(spec.splits)}.")
+  try:
+    import tensorflow_datasets as tfds  # lazy: the GPU image has no tfds
+    # Random-access source: no TensorFlow needed (tfds.load would need it). With
+    # download=True it runs builder.download_and_prepare() first when the data is missing.
+    ds = tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=download)
+    n = len(ds)
+    out = np.empty((n,) + spec.image_shape, np.uint8)  # preallocated: no list of n arrays
+    for i in range(n):
+      img = np.asarray(ds[i]["image"])
+      out[i] = img[..., None] if img.ndim == 2 else img
+  except Exception as e:  # noqa: BLE001 -- re-raised with the offline hint
+    tried = f" (no offline archive at {tried_npz})" if tried_npz else ""
+    deps = ""
+    if isinstance(e, ImportError):
+      # Reading prepared tfds data needs no TF, but download_and_prepare does (tf.io.gfile
+      # in the dataset builders), plus importlib_resources.
+      deps = (" Preparing a tfds data set the first time needs TensorFlow and "
+              "importlib_resources (pip install 'hvae-jax[tf]' importlib_resources).")
+    raise RuntimeError(
+        f"tfds could not load {spec.tfds_name!r} split {split!r} (data_dir={data_dir}){tried}: "
+        f"{type(e).__name__}: {str(e).rstrip('.')}.{deps} Without internet, use an offline "
+        f"copy instead: {_offline_hint(name)}.") from e
+  return _check_images(out, spec, f"tfds {spec.tfds_name!r} split {split!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+def binarize(key: Array, images_uint8: Any) -> Array:
+  """Dynamic binarization: float32 x ~ Bernoulli(pixel / 255), same shape, values in {0, 1}.
+
+  Pure jax and jittable; a fresh key per step gives a fresh draw (the standard regulariser for
+  binary likelihoods on greyscale data). Pixel 0 always maps to 0 and 255 always to 1.
+  """
+  x = jnp.asarray(images_uint8)
+  if not jnp.issubdtype(x.dtype, jnp.integer):
+    # Floats in [0, 1] would be silently divided by 255 again: refuse them.
+    raise TypeError(f"binarize expects integer pixels in [0, 255], got dtype {x.dtype}.")
+  p = x.astype(jnp.float32) / 255.0
+  return (jax.random.uniform(key, x.shape, jnp.float32) < p).astype(jnp.float32)
+
+
+def preprocess(images_uint8: Any, kind: str, key: Optional[Array] = None) -> Any:
+  """Model input from uint8 `[B, H, W, C]` images.
+
+  'binary': `binarize(key, images)` (float32 {0, 1}); `key` is required.
+  'discrete': the uint8 images unchanged (the discretized likelihood takes [0, 255]).
+  """
+  if kind == "binary":
+    if key is None:
+      raise ValueError("preprocess(kind='binary') needs a PRNG key for the Bernoulli draw "
+                       "(or use eval_binarize for fixed evaluation data).")
+    return binarize(key, images_uint8)
+  if kind == "discrete":
+    return images_uint8
+  raise ValueError(f"Unknown kind {kind!r}; choose one of {KINDS}.")
+
+
+def eval_binarize(images_uint8: np.ndarray, seed: int = 0) -> np.ndarray:
+  """One fixed Bernoulli(pixel/255) draw of a whole evaluation set: float32 {0, 1}, same shape.
+
+  Seeded numpy, on the host: the same (images, seed) always gives the same data, so evaluation
+  scores are reproducible. The draw depends on the whole array: binarize the full set once,
+  then batch it (binarizing a subset gives a different draw for the same image).
+  """
+  images = np.asarray(images_uint8)
+  if not np.issubdtype(images.dtype, np.integer):
+    raise TypeError(f"eval_binarize expects integer pixels in [0, 255], got {images.dtype}.")
+  rng = np.random.default_rng(seed)
+  u = rng.random(images.shape, dtype=np.float32)
+  return (u < images.astype(np.float32) / np.float32(255.0)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Minibatches
+
+
+class Batches:
+  """Deterministic minibatches of an array `[N, ...]` (usually uint8 `[N, H, W, C]`).
+
+  The order of epoch e is a permutation drawn from `numpy.random.default_rng([seed, e])`
+  (identity if `shuffle=False`), so any batch is a pure function of (seed, epoch, index): a
+  run resumed at global step s (`iterate(s)`) sees exactly the batches it would have seen.
+
+  Yield convention:
+    * `pad=False`: each batch is an array `[b, ...]`; b == batch_size except, with
+      `drop_remainder=False`, a smaller last batch.
+    * `pad=True` (requires `drop_remainder=False`): each batch is a tuple `(images, mask)` with
+      images `[batch_size, ...]` and bool mask `[batch_size]`; the last batch is zero-padded
+      and its padded rows have mask False. Fixed shapes mean no recompilation and every example
+      counted exactly once (for evaluation).
+  """
+
+  def __init__(self, images: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
+               drop_remainder: bool = True, pad: bool = False):
+    if batch_size <= 0:
+      raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if pad and drop_remainder:
+      raise ValueError("pad=True needs drop_remainder=False (nothing is left to pad otherwise).")
+    self.images = images
+    self.batch_size = int(batch_size)
+    self.shuffle = bool(shuffle)
+    self.seed = int(seed)
+    self.drop_remainder = bool(drop_remainder)
+    self.pad = bool(pad)
+    self.num_examples = len(images)
+    if drop_remainder:
+      self.num_batches = self.num_examples // self.batch_size
+    else:
+      self.num_batches = math.ceil(self.num_examples / self.batch_size)
+    if self.num_batches == 0:
+      raise ValueError(f"No batches: {self.num_examples} examples, batch_size {batch_size}, "
+                       f"drop_remainder={drop_remainder}.")
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def order(self, epoch: int) -> np.ndarray:
+    """`[N]` example indices in the order of `epoch`."""
+    if not self.shuffle:
+      return np.arange(self.num_examples)
+    return np.random.default_rng([self.seed, int(epoch)]).permutation(self.num_examples)
+
+  def _batch(self, order: np.ndarray, i: int):
+    idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+    x = self.images[idx]
+    if not self.pad:
+      return x
+    n = len(idx)
+    mask = np.zeros((self.batch_size,), bool)
+    mask[:n] = True
+    if n < self.batch_size:
+      x = np.concatenate([x, np.zeros((self.batch_size - n,) + x.shape[1:], x.dtype)])
+    return x, mask
+
+  def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
+    """The batches of one epoch, from batch index `start` on (see the class yield convention)."""
+    order = self.order(epoch)
+    for i in range(start, self.num_batches):
+      yield self._batch(order, i)
+
+  def iterate(self, start_step: int = 0) -> Iterator[tuple[int, Any]]:
+    """`(step, batch)` forever from global step `start_step`; epoch = step // num_batches."""
+    if start_step < 0:
+      raise ValueError(f"start_step must be >= 0, got {start_step}.")
+    epoch, i = divmod(int(start_step), self.num_batches)
+    step = int(start_step)
+    while True:
+      for batch in self.epoch_batches(epoch, start=i):
+        yield step, batch
+        step += 1
+      epoch, i = epoch + 1, 0
+
+  def __iter__(self) -> Iterator[tuple[int, Any]]:
+    """Same as `iterate(0)`."""
+    return self.iterate(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sharding
+
+
+def shard_batch(x: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
+  """Reshape the leading axis of every leaf `[B, ...]` -> `[n_devices, B / n_devices, ...]`.
+
+  For `jax.pmap`; `devices` default: all local devices. Works on pytrees, e.g. `(images, mask)`.
+  """
+  n = len(devices) if devices is not None else jax.local_device_count()
+
+  def one(a):
+    b = a.shape[0]
+    if b % n:
+      raise ValueError(f"Batch size {b} is not divisible by the number of devices {n}.")
+    return a.reshape((n, b // n) + tuple(a.shape[1:]))
+
+  return jax.tree_util.tree_map(one, x)
+
+
+def make_data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """1-D mesh with axis 'data' over `devices` (default: all devices).
+
+  Axis type Auto (jax.make_mesh defaults to Explicit in this jax version): jit propagates the
+  batch sharding itself, the usual data-parallel behaviour.
+  """
+  devices = list(devices) if devices is not None else jax.devices()
+  return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
+
+
+def shard_to_mesh(x: Any, mesh: Mesh, axis_name: str = "data") -> Any:
+  """`jax.device_put` every leaf with its leading (batch) axis split over `mesh[axis_name]`."""
+  n = mesh.shape[axis_name]
+  for a in jax.tree_util.tree_leaves(x):
+    if np.shape(a)[0] % n:
+      raise ValueError(f"Batch size {np.shape(a)[0]} is not divisible by mesh axis "
+                       f"{axis_name!r} of size {n}.")
+  return jax.device_put(x, NamedSharding(mesh, PartitionSpec(axis_name)))

@@ -1,0 +1,205 @@
+"""Weight-normalised layers and the residual block shared by the HVAE and BIVA.
+
+All tensors are NHWC: `[batch, height, width, channels]`.
+
+Weight normalisation (Salimans & Kingma 2016): w = g * v / ||v||, with the norm taken over
+every axis but the output-channel axis. `g` is initialised to ||v|| so that, at init, the
+layer computes exactly what an ordinary He-initialised layer would.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": nn.relu,
+    "elu": nn.elu,
+    "leaky_relu": lambda x: nn.leaky_relu(x, 0.01),
+    "swish": nn.swish,
+    "gelu": nn.gelu,
+}
+
+
+def get_activation(name: str) -> Callable[[Array], Array]:
+  if name not in ACTIVATIONS:
+    raise ValueError(f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.")
+  return ACTIVATIONS[name]
+
+
+def _weight_norm_param(module: nn.Module, shape: tuple[int, ...], dtype) -> Array:
+  """Creates `v` and `g` and returns the normalised kernel (last axis = output features)."""
+  v = module.param("kernel", nn.initializers.he_normal(), shape, jnp.float32)
+  reduce_axes = tuple(range(len(shape) - 1))
+  v_norm = lambda: jnp.sqrt(jnp.sum(jnp.square(v), axis=reduce_axes))
+  g = module.param("scale", lambda _: v_norm())
+  w = v * (g / jnp.maximum(v_norm(), 1e-12))
+  return w.astype(dtype)
+
+
+class WNDense(nn.Module):
+  """Weight-normalised dense layer acting on the flattened trailing axes.
+
+  Input `[batch, ...]`, output `[batch, features]`.
+  """
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = x.reshape(x.shape[0], -1).astype(self.dtype)
+    w = _weight_norm_param(self, (x.shape[-1], self.features), self.dtype)
+    b = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    return x @ w + b.astype(self.dtype)
+
+
+class WNConv(nn.Module):
+  """Weight-normalised 'same'-padded convolution.
+
+  `stride > 1` downsamples by `stride`; with `transpose=True` it upsamples by `stride`
+  instead (output size = input size * stride), the generative mirror of a strided conv.
+  `upsample` picks how a transposed conv is computed; both give the same function of the
+  same `[k, k, in, out]` kernel:
+    - "transpose": `lax.conv_transpose`.
+    - "subpixel": the equivalent stride-1 conv producing stride**2 phases, then
+      depth-to-space. XLA's CPU backend runs forward convs (and their gradients) much faster
+      than transposed ones, see bench/RESULTS.md.
+  """
+  features: int
+  kernel_size: int
+  stride: int = 1
+  transpose: bool = False
+  upsample: str = "transpose"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    k, s = self.kernel_size, self.stride
+    w = _weight_norm_param(self, (k, k, x.shape[-1], self.features), self.dtype)
+    b = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    x = x.astype(self.dtype)
+    dn = ("NHWC", "HWIO", "NHWC")
+    if not self.transpose or s == 1:
+      y = jax.lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=dn)
+    elif self.upsample == "transpose":
+      y = jax.lax.conv_transpose(x, w, (s, s), "SAME", dimension_numbers=dn)
+    elif self.upsample == "subpixel":
+      y = _subpixel_conv_transpose(x, w, s)
+    else:
+      raise ValueError(f"Unknown upsample mode {self.upsample!r}; use 'transpose' or 'subpixel'.")
+    return y + b.astype(self.dtype)
+
+
+def _transpose_pads(k: int, s: int) -> tuple[int, int]:
+  """Low/high padding of the dilated input that `lax.conv_transpose(..., 'SAME')` uses."""
+  pad_len = k + s - 2  # makes the output exactly s times the input size
+  lo = k - 1 if s > k - 1 else (pad_len + 1) // 2
+  return lo, pad_len - lo
+
+
+def _subpixel_conv_transpose(x: Array, w: Array, s: int) -> Array:
+  """`lax.conv_transpose(x, w, (s, s), 'SAME')` as one stride-1 conv + depth-to-space.
+
+  Output pixel `o = s*q + r` of a transposed conv only sees kernel taps with the same
+  phase; gathering, for each phase `r`, those taps into a small kernel turns the transposed
+  conv into `s*s` ordinary convs on the undilated input, which we run as one conv with
+  `s*s*out` channels. Exact same function and parameters as the transposed conv.
+  """
+  k = w.shape[0]
+  lo, _ = _transpose_pads(k, s)
+  # For phase r and small-kernel tap j, the dilated-input offset is (r + tap - lo); taps
+  # that land on inserted zeros are dropped. Build per-phase index lists of (kernel tap,
+  # input offset) and pad the small kernels to a common size.
+  phases = []
+  for r in range(s):
+    taps = [(t, (r + t - lo)) for t in range(k) if (r + t - lo) % s == 0]
+    phases.append([(t, off // s) for t, off in taps])
+  min_off = min(o for p in phases for _, o in p)
+  max_off = max(o for p in phases for _, o in p)
+  size = max_off - min_off + 1
+  cin, cout = w.shape[2], w.shape[3]
+  small = jnp.zeros((size, size, cin, s, s, cout), w.dtype)
+  for ry, py in enumerate(phases):
+    for rx, px in enumerate(phases):
+      for ty, oy in py:
+        for tx, ox in px:
+          small = small.at[oy - min_off, ox - min_off, :, ry, rx, :].set(w[ty, tx])
+  small = small.reshape(size, size, cin, s * s * cout)
+  pad = ((-min_off, max_off), (-min_off, max_off))
+  y = jax.lax.conv_general_dilated(x, small, (1, 1), pad,
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  b, h, wd, _ = y.shape
+  y = y.reshape(b, h, wd, s, s, cout).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(b, h * s, wd * s, cout)
+
+
+def _match_residual(x: Array, out_shape: tuple[int, ...], stride: int, transposed: bool) -> Optional[Array]:
+  """Residual path to `out_shape`: zero-pad or drop channels; 3x3 average pool when striding down.
+
+  An upsampling block has no residual (as in the reference), so this returns None there.
+  """
+  if transposed and stride > 1:
+    return None
+  c_in, c_out = x.shape[-1], out_shape[-1]
+  if c_out > c_in:
+    x = jnp.pad(x, ((0, 0),) * (x.ndim - 1) + ((0, c_out - c_in),))
+  elif c_out < c_in:
+    x = x[..., :c_out]
+  if stride > 1:
+    x = nn.avg_pool(x, (3, 3), (stride, stride), padding="SAME", count_include_pad=True)
+  return x
+
+
+class ResBlock(nn.Module):
+  """Residual conv block with an optional auxiliary (skip) input.
+
+  y = conv2(act(conv1(act(x)) + aux_op(act(aux)))) + residual(x)
+
+  `conv2` carries the stride (transposed in the generative path). `aux` of any spatial size
+  is resampled to conv1's output with a strided or transposed conv, or a 1x1 conv when only
+  the channels differ. Like the reference (hvae-oodd's ResBlockConv2d), an aux input that
+  already has conv1's output shape is not used: the skip connections act where the
+  resolution changes. `residual=False` (first block of a stage fed directly by data or a
+  latent) skips both the input activation and the residual sum, as the reference does.
+  """
+  features: int
+  kernel_size: int
+  stride: int = 1
+  transposed: bool = False
+  residual: bool = True
+  activation: str = "relu"
+  upsample: str = "transpose"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, aux: Optional[Array] = None) -> Array:
+    act = get_activation(self.activation)
+    conv = lambda f, k, s, t, name: WNConv(f, k, s, t, self.upsample, self.dtype, name=name)
+    y = conv(self.features, self.kernel_size, 1, False, "conv1")(act(x) if self.residual else x)
+    if aux is not None:
+      ah, yh = aux.shape[1], y.shape[1]
+      if ah > yh:
+        a = conv(self.features, self.kernel_size, ah // yh, False, "aux")(act(aux))
+      elif ah < yh:
+        a = conv(self.features, self.kernel_size, yh // ah, True, "aux")(act(aux))
+      elif aux.shape[-1] != self.features:
+        a = conv(self.features, 1, 1, False, "aux")(act(aux))
+      else:
+        a = None
+      if a is not None:
+        y = y + a
+    y = conv(self.features, self.kernel_size, self.stride, self.transposed, "conv2")(act(y))
+    if self.residual:
+      r = _match_residual(x, y.shape, self.stride, self.transposed)
+      if r is not None:
+        y = y + r.astype(y.dtype)
+    return y
+
+
+def count_params(params) -> int:
+  """Total number of scalar parameters in a pytree."""
+  return int(sum(p.size for p in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,139 @@
+"""Pieces every hierarchical model here shares: the model output, Gaussian latents, likelihoods.
+
+The one contract the rest of the library relies on (objectives, OOD scores, training) is
+`ModelOutput`: log p(x|z) per example and, per latent variable, the elementwise single-sample
+KL estimate log q(z|.) - log p(z|.). Models also expose `latent_layers`, the hierarchy level
+(1 = lowest) of each latent variable, which is what `n_skip` (the paper's k) counts.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hvae_jax import distributions as dist
+from hvae_jax.layers import WNConv, WNDense
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class ModelOutput:
+  """Per-example terms of the bound.
+
+  log_px: `[batch]` log p(x | z) in nats.
+  kl: one array per latent variable, elementwise `[batch, *latent_shape]`, ordered from the
+    lowest latent up; zero for latents drawn from the prior (the k lowest in L^{>k}).
+  """
+  log_px: Array
+  kl: tuple[Array, ...]
+
+
+@flax.struct.dataclass
+class Gaussian:
+  """Diagonal Gaussian with a sample drawn from it, `[batch, *latent_shape]` each."""
+  mean: Array
+  std: Array
+  z: Array
+
+  def log_prob(self, z: Array) -> Array:
+    return dist.gaussian_log_prob(z, self.mean, self.std)
+
+
+def standard_normal(shape: tuple[int, ...]) -> tuple[Array, Array]:
+  """Mean and std of the fixed N(0, I) top prior."""
+  return jnp.zeros(shape, jnp.float32), jnp.ones(shape, jnp.float32)
+
+
+class GaussianLatent(nn.Module):
+  """ELU then a weight-normed conv ('conv') or dense ('dense') layer giving mean and std.
+
+  Input features `[batch, h, w, c]`; output a Gaussian over `[batch, h, w, features]` (conv)
+  or `[batch, features]` (dense). std = softplus_{beta=ln 2}(pre), >= 1e-6.
+  """
+  kind: str
+  features: int
+  kernel_size: int = 3
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: Array, key: Optional[Array]) -> Gaussian:
+    h = nn.elu(h)
+    if self.kind == "conv":
+      out = WNConv(2 * self.features, self.kernel_size, dtype=self.dtype)(h)
+    elif self.kind == "dense":
+      out = WNDense(2 * self.features, dtype=self.dtype)(h)
+    else:
+      raise ValueError(f"Unknown latent kind {self.kind!r}; use 'conv' or 'dense'.")
+    mean, pre = jnp.split(out.astype(jnp.float32), 2, axis=-1)
+    std = dist.softplus_std(pre)
+    z = mean if key is None else dist.gaussian_sample(key, mean, std)
+    return Gaussian(mean, std, z)
+
+
+class AsFeatureMap(nn.Module):
+  """Projects a dense latent `[batch, d]` to a feature map `[batch, *shape]`; conv latents pass."""
+  shape: tuple[int, int, int]
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: Array) -> Array:
+    if z.ndim == 4:
+      return z.astype(self.dtype)
+    h, w, c = self.shape
+    return WNDense(h * w * c, dtype=self.dtype)(z).reshape(z.shape[0], h, w, c)
+
+
+class Likelihood(nn.Module):
+  """p(x | d): leaky ReLU then a weight-normed conv to the likelihood's parameters.
+
+  'bernoulli': logits `[batch, H, W, C]` (3x3 conv), x binarized floats.
+  'dmol': discretized mixture of `num_mix` logistics (1x1 conv), x uint8 in [0, 255].
+  """
+  kind: str
+  channels: int
+  num_mix: int = 10
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    if self.kind == "bernoulli":
+      self.head = WNConv(self.channels, 3, dtype=self.dtype)
+    elif self.kind == "dmol":
+      self.head = WNConv(dist.dmol_num_params(self.channels, self.num_mix), 1, dtype=self.dtype)
+    else:
+      raise ValueError(f"Unknown likelihood {self.kind!r}; use 'bernoulli' or 'dmol'.")
+
+  def params_from(self, d: Array) -> Array:
+    return self.head(nn.leaky_relu(d, 0.01)).astype(jnp.float32)
+
+  def log_prob(self, d: Array, x: Array) -> Array:
+    """log p(x | d) summed over pixels: `[batch]`."""
+    p = self.params_from(d)
+    if self.kind == "bernoulli":
+      return jnp.sum(dist.bernoulli_log_prob(x.astype(jnp.float32), p), axis=(1, 2, 3))
+    return jnp.sum(dist.dmol_log_prob(x, p, self.num_mix), axis=(1, 2))
+
+  def sample_image(self, d: Array, key: Array) -> Array:
+    """An image from p(x | d): Bernoulli means in [0, 1] (greyscale) or uint8 samples."""
+    p = self.params_from(d)
+    if self.kind == "bernoulli":
+      return dist.bernoulli_mean(p)
+    return dist.dmol_sample(key, p, self.num_mix)
+
+
+def network_input(x: Array, likelihood: str, dtype) -> Array:
+  """What the encoder sees: binarized floats as they are, uint8 colour scaled to [-1, 1]."""
+  if likelihood == "dmol":
+    return (x.astype(jnp.float32) / 127.5 - 1.0).astype(dtype)
+  return x.astype(dtype)
+
+
+def use_prior_mask(latent_layers: tuple[int, ...], n_skip) -> Array:
+  """`[n_latents]` bool: True where the latent's layer is among the `n_skip` lowest.
+
+  `n_skip` may be a traced int so that one compiled function serves every k (vmap over k).
+  """
+  return jnp.asarray(latent_layers) <= jnp.asarray(n_skip)

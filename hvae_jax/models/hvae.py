@@ -1,0 +1,168 @@
+"""The paper's bottom-up hierarchical VAE (Havtorn et al. 2021, Sec. 4; hvae-oodd's `VAE`).
+
+Inference is bottom-up, x -> d_1 -> q(z_1|d_1) -> d_2(z_1) -> q(z_2|d_2) -> ..., with no
+top-down merging. Generation is top-down, z_L ~ N(0, I) -> p(z_{L-1}|.) -> ... -> p(x|.).
+Skip connections over latents: each inference block also sees the deterministic features of
+the stage below, and each generative block the output of the same block of the stage above.
+
+Stage i (1-based) uses `blocks[i-1]` = ((features, kernel, stride), ...) for its inference
+stack and the reverse, with transposed/upsampling convs, for its generative stack;
+`latents[i-1]` = (kind, features) with kind 'conv' or 'dense'.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hvae_jax import distributions as dist
+from hvae_jax.layers import ResBlock
+from hvae_jax.models.common import (AsFeatureMap, Gaussian, GaussianLatent, Likelihood,
+                                    ModelOutput, network_input, standard_normal,
+                                    use_prior_mask)
+
+Array = jax.Array
+BlockSpec = tuple[int, int, int]
+
+
+def stage_feature_shapes(image_shape: Sequence[int],
+                         blocks: Sequence[Sequence[BlockSpec]]) -> list[tuple[int, int, int]]:
+  """Shape `(h, w, c)` of each stage's deterministic output d_i, checking the strides fit."""
+  h, w, _ = image_shape
+  shapes = []
+  for i, stage in enumerate(blocks):
+    for f, _, s in stage:
+      if h % s or w % s:
+        raise ValueError(
+            f"Stage {i + 1} strides {s} over a {h}x{w} feature map, which does not divide "
+            f"evenly, so generation could not mirror it; pick strides that divide the image "
+            f"size {tuple(image_shape[:2])}.")
+      h, w = h // s, w // s
+    shapes.append((h, w, stage[-1][0]))
+  return shapes
+
+
+class HVAE(nn.Module):
+  """Bottom-up hierarchical VAE with L = len(blocks) latent layers.
+
+  Images are `[batch, height, width, channels]`: binarized floats for the Bernoulli
+  likelihood, uint8 for the discretized logistic mixture ('dmol').
+  """
+  image_shape: tuple[int, int, int]
+  blocks: tuple[tuple[BlockSpec, ...], ...]
+  latents: tuple[tuple[str, int], ...]
+  likelihood: str = "bernoulli"
+  num_mix: int = 10
+  activation: str = "relu"
+  latent_kernel: int = 3
+  upsample: str = "transpose"
+  skip_mode: str = "mean"
+  dtype: Any = jnp.float32
+
+  @property
+  def latent_layers(self) -> tuple[int, ...]:
+    """Hierarchy level of each latent (one latent per layer here)."""
+    return tuple(range(1, len(self.latents) + 1))
+
+  def setup(self):
+    if len(self.blocks) != len(self.latents):
+      raise ValueError(f"model.blocks has {len(self.blocks)} stages but model.latents has "
+                       f"{len(self.latents)}; give one latent per stage.")
+    if self.skip_mode not in ("mean", "sample"):
+      raise ValueError(f"skip_mode must be 'mean' or 'sample', got {self.skip_mode!r}.")
+    self.feature_shapes = shapes = stage_feature_shapes(self.image_shape, self.blocks)
+    n = len(self.blocks)
+    block = lambda spec, transposed, residual: ResBlock(
+        spec[0], spec[1], spec[2], transposed, residual, self.activation, self.upsample, self.dtype)
+    latent = lambda spec: GaussianLatent(spec[0], spec[1], self.latent_kernel, self.dtype)
+    # The first inference block of stage 1 sees the raw image: no residual, as the reference.
+    self.q_blocks = [[block(spec, False, i > 0 or j > 0) for j, spec in enumerate(stage)]
+                     for i, stage in enumerate(self.blocks)]
+    self.q_latents = [latent(spec) for spec in self.latents]
+    self.q_proj = [AsFeatureMap(shapes[i], self.dtype) for i in range(n - 1)]
+    self.p_latents = [latent(spec) for spec in self.latents[:-1]]
+    self.p_proj = [AsFeatureMap(shapes[i], self.dtype) for i in range(n)]
+    self.p_blocks = [[block(spec, True, j > 0) for j, spec in enumerate(reversed(stage))]
+                     for stage in self.blocks]
+    self.lik = Likelihood(self.likelihood, self.image_shape[-1], self.num_mix, self.dtype)
+
+  def infer(self, x: Array, key: Array) -> tuple[Gaussian, ...]:
+    """Bottom-up pass: the posterior of every latent, lowest first, each with a sample."""
+    h_in = network_input(x, self.likelihood, self.dtype)
+    aux = None
+    posteriors = []
+    keys = jax.random.split(key, len(self.q_latents))
+    for i, (stage, q_latent) in enumerate(zip(self.q_blocks, self.q_latents)):
+      h = h_in
+      for blk in stage:
+        h = blk(h, aux)
+      q = q_latent(h, keys[i])
+      posteriors.append(q)
+      if i < len(self.q_proj):
+        h_in, aux = self.q_proj[i](q.z), h
+    return tuple(posteriors)
+
+  def _top_down(self, posteriors: Optional[Sequence[Gaussian]], n_skip, key: Array,
+                batch: int) -> tuple[Array, tuple[Array, ...]]:
+    """Top-down pass. Returns the last features d `[batch, H, W, c]` and the KL terms.
+
+    Latent i takes the posterior sample z_i ~ q unless it is among the `n_skip` lowest, or no
+    posteriors are given (sampling); then it comes from its conditional prior p(z_i | z_>i)
+    (its mean with skip_mode='mean', as the reference, or a sample) and its KL is dropped.
+    """
+    n = len(self.latents)
+    from_prior = (jnp.ones((n,), bool) if posteriors is None
+                  else use_prior_mask(self.latent_layers, n_skip))
+    keys = jax.random.split(key, n)
+    d, aux_list, kls = None, None, [None] * n
+    for i in reversed(range(n)):
+      if i == n - 1:
+        kind, feats = self.latents[i]
+        spatial = self.feature_shapes[i][:2] if kind == "conv" else ()
+        p_mean, p_std = standard_normal((batch, *spatial, feats))
+      else:
+        p = self.p_latents[i](d, None)
+        p_mean, p_std = p.mean, p.std
+      sample_prior = posteriors is None or self.skip_mode == "sample"
+      z_p = dist.gaussian_sample(keys[i], p_mean, p_std) if sample_prior else p_mean
+      if posteriors is None:
+        z = z_p
+        kls[i] = jnp.zeros_like(z_p)
+      else:
+        q = posteriors[i]
+        z = jnp.where(from_prior[i], z_p, q.z)
+        kl = q.log_prob(q.z) - dist.gaussian_log_prob(q.z, p_mean, p_std)
+        kls[i] = jnp.where(from_prior[i], 0.0, kl)
+      h = self.p_proj[i](z)
+      new_aux = []
+      for j, blk in enumerate(self.p_blocks[i]):
+        h = blk(h, None if aux_list is None else aux_list[j])
+        new_aux.append(h)
+      d, aux_list = h, new_aux
+    return d, tuple(kls)
+
+  def generate(self, posteriors: Sequence[Gaussian], x: Array, n_skip=0,
+               key: Optional[Array] = None) -> ModelOutput:
+    """Top-down pass and log p(x|z) given posteriors from `infer` (vmappable over n_skip)."""
+    key = jax.random.key(0) if key is None else key
+    d, kls = self._top_down(posteriors, n_skip, key, x.shape[0])
+    return ModelOutput(log_px=self.lik.log_prob(d, x), kl=kls)
+
+  def __call__(self, x: Array, key: Array, n_skip=0) -> ModelOutput:
+    """One-sample bound terms for a batch; n_skip = k gives L^{>k} (0 gives the ELBO)."""
+    k_q, k_p = jax.random.split(key)
+    return self.generate(self.infer(x, k_q), x, n_skip, k_p)
+
+  def sample(self, key: Array, num: int) -> Array:
+    """`num` images from the prior: Bernoulli means in [0, 1] or uint8 colour images."""
+    k_z, k_x = jax.random.split(key)
+    d, _ = self._top_down(None, 0, k_z, num)
+    return self.lik.sample_image(d, k_x)
+
+  def reconstruct(self, x: Array, key: Array, n_skip=0) -> Array:
+    """Images decoded from the posterior, with the `n_skip` lowest latents from the prior."""
+    k_q, k_p, k_x = jax.random.split(key, 3)
+    d, _ = self._top_down(self.infer(x, k_q), n_skip, k_p, x.shape[0])
+    return self.lik.sample_image(d, k_x)

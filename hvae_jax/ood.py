@@ -1,0 +1,129 @@
+"""OOD scores of Havtorn et al. (2021): L^{>k}, LLR^{>k} and their importance-weighted forms.
+
+For one posterior sample the model gives the bound for any k (paper eq. 5):
+
+  L^{>k}(x) = log p(x | z) - sum_{i>k} [log q(z_i|.) - log p(z_i|.)],
+  z_{<=k} ~ p(z_{<=k} | z_{>k}),  z_{>k} ~ q(z_{>k} | x),      L^{>0} = ELBO
+
+and the score is the likelihood ratio (eq. 6)
+
+  LLR^{>k}(x) = L^{>0}(x) - L^{>k}(x)          (larger = more OOD).
+
+With S importance samples each bound becomes log (1/S) sum_s exp(L_s), computed with
+logsumexp (paper's LLR^{>k}_S). Everything here is model-agnostic: it only uses the model's
+`infer`/`generate` methods and `latent_layers`, so the HVAE and BIVA share it.
+
+Cost structure: one bottom-up pass per sample is shared by every k (`jax.vmap` over k runs
+only the top-down pass per k); samples are `vmap`ped in chunks and folded with a running
+logaddexp in `lax.scan`, so S = 1000 needs the memory of one chunk.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hvae_jax import objectives
+
+Array = jax.Array
+
+
+def max_k(model: nn.Module) -> int:
+  """Largest meaningful k: every latent layer but the top one may be skipped."""
+  return max(model.latent_layers) - 1
+
+
+def bounds_one_sample(model: nn.Module, params: Any, x: Array, key: Array,
+                      ks: Array) -> Array:
+  """`[len(ks), batch]` single-sample bounds L^{>k}, sharing one bottom-up pass over k."""
+  k_q, k_p = jax.random.split(key)
+  variables = {"params": params}
+  posteriors = model.apply(variables, x, k_q, method=model.infer)
+
+  def for_k(k):
+    out = model.apply(variables, posteriors, x, k, k_p, method=model.generate)
+    return objectives.bound(out)
+
+  return jax.vmap(for_k)(ks)
+
+
+def iw_bounds(model: nn.Module, params: Any, x: Array, key: Array, ks: Sequence[int],
+              iw_samples: int = 1, chunk_size: int = 16) -> Array:
+  """`[len(ks), batch]` importance-weighted bounds log mean_s exp(L_s^{>k}) in nats.
+
+  `iw_samples` samples are drawn `chunk_size` at a time (vmapped), so memory is bounded by
+  one chunk; the chunks are folded with a running logaddexp.
+  """
+  if iw_samples < 1:
+    raise ValueError(f"iw_samples must be >= 1, got {iw_samples}.")
+  ks = jnp.asarray(ks, jnp.int32)
+  chunk = max(1, min(chunk_size, iw_samples))
+  n_chunks = -(-iw_samples // chunk)
+  keys = jax.random.split(key, n_chunks * chunk).reshape(n_chunks, chunk)
+  valid = (jnp.arange(n_chunks * chunk) < iw_samples).reshape(n_chunks, chunk)
+  sample = jax.vmap(lambda k: bounds_one_sample(model, params, x, k, ks))
+
+  def fold(acc, inp):
+    chunk_keys, chunk_valid = inp
+    b = sample(chunk_keys)  # [chunk, K, batch]
+    b = jnp.where(chunk_valid[:, None, None], b, -jnp.inf)  # padding samples weigh nothing
+    return jnp.logaddexp(acc, jax.nn.logsumexp(b, axis=0)), None
+
+  init = jnp.full((ks.shape[0], x.shape[0]), -jnp.inf, jnp.float32)
+  total, _ = jax.lax.scan(fold, init, (keys, valid))
+  return total - jnp.log(float(iw_samples))
+
+
+def scores(model: nn.Module, params: Any, x: Array, key: Array, ks: Sequence[int] | None = None,
+           iw_samples_elbo: int = 1, iw_samples_lk: int = 1,
+           chunk_size: int = 16) -> dict[str, Array]:
+  """All per-example scores for a batch `[batch, H, W, C]` (float32, nats).
+
+  Returns
+    'elbo': `[batch]` L^{>0} (with `iw_samples_elbo` samples: the IW bound on log p(x)),
+    'lk': `[len(ks), batch]` L^{>k} with `iw_samples_lk` samples,
+    'llr': `[len(ks), batch]` LLR^{>k} = elbo - lk,
+    'elbo_bpd', 'lk_bpd': the bounds in bits/dim.
+  `ks` defaults to 1..L-1. When both sample counts agree, one set of samples serves every
+  bound (the bottom-up pass is shared); otherwise the ELBO gets its own samples.
+  """
+  ks = tuple(range(1, max_k(model) + 1)) if ks is None else tuple(int(k) for k in ks)
+  if any(k < 1 or k > max_k(model) for k in ks):
+    raise ValueError(f"k must lie in 1..{max_k(model)} for this model, got {ks}.")
+  if iw_samples_elbo == iw_samples_lk:
+    b = iw_bounds(model, params, x, key, (0,) + ks, iw_samples_elbo, chunk_size)
+    elbo, lk = b[0], b[1:]
+  else:
+    k_e, k_k = jax.random.split(key)
+    elbo = iw_bounds(model, params, x, k_e, (0,), iw_samples_elbo, chunk_size)[0]
+    lk = iw_bounds(model, params, x, k_k, ks, iw_samples_lk, chunk_size)
+  shape = x.shape[1:]
+  return {
+      "elbo": elbo,
+      "lk": lk,
+      "llr": elbo[None] - lk,
+      "elbo_bpd": objectives.bits_per_dim(elbo, shape),
+      "lk_bpd": objectives.bits_per_dim(lk, shape),
+  }
+
+
+def make_score_fn(model: nn.Module, ks: Sequence[int] | None = None, iw_samples_elbo: int = 1,
+                  iw_samples_lk: int = 1, chunk_size: int = 16):
+  """A jitted `fn(params, x, key) -> scores dict`, compiled once per batch shape."""
+  def fn(params, x, key):
+    return scores(model, params, x, key, ks, iw_samples_elbo, iw_samples_lk, chunk_size)
+  return jax.jit(fn)
+
+
+def flatten_scores(s: dict[str, Any], ks: Sequence[int]) -> dict[str, np.ndarray]:
+  """Named 1-D score arrays: elbo, lk_k{k}, llr_k{k} (+ bits/dim), as numpy float32."""
+  out = {"elbo": np.asarray(s["elbo"], np.float32),
+         "elbo_bpd": np.asarray(s["elbo_bpd"], np.float32)}
+  for i, k in enumerate(ks):
+    out[f"lk_k{k}"] = np.asarray(s["lk"][i], np.float32)
+    out[f"lk_k{k}_bpd"] = np.asarray(s["lk_bpd"][i], np.float32)
+    out[f"llr_k{k}"] = np.asarray(s["llr"][i], np.float32)
+  return out

@@ -1,0 +1,44 @@
+"""Shared fixtures-as-functions for the model, OOD and training tests."""
+import os
+
+import jax
+import numpy as np
+
+from hvae_jax import data
+from hvae_jax.models import build_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_DIR = os.environ.get("HVAE_DATA_DIR") or os.path.join(REPO, "..", "shared", "data")
+
+
+def tiny_config(**overrides):
+  from configs import tiny  # pylint: disable=import-outside-toplevel
+  c = tiny.get_config()
+  c.data.data_dir = DATA_DIR
+  for dotted, v in overrides.items():
+    node = c
+    *parents, leaf = dotted.split("__")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def fmnist_slice(n, split="test", seed=0):
+  """`n` real FashionMNIST images (uint8 [n, 28, 28, 1]), a seeded shuffle of the split."""
+  x = data.load_images("fashion_mnist", split, DATA_DIR, "npz")
+  return x[np.random.default_rng(seed).permutation(len(x))[:n]]
+
+
+def mnist_slice(n, seed=0):
+  x = data.load_images("mnist", "test", DATA_DIR, "npz")
+  return x[np.random.default_rng(seed).permutation(len(x))[:n]]
+
+
+def tiny_model_and_params(config=None, image_shape=(28, 28, 1), seed=0):
+  config = config or tiny_config()
+  model = build_model(config, image_shape)
+  dtype = np.uint8 if config.model.likelihood == "dmol" else np.float32
+  x = np.zeros((2, *image_shape), dtype)
+  params = model.init(jax.random.key(seed), x, jax.random.key(1))["params"]
+  return model, params

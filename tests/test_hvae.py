@@ -1,0 +1,110 @@
+"""The HVAE: shapes, finite terms, gradients to every parameter, the prior switch, sampling."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hvae_jax import data, objectives
+from hvae_jax.config import base_config
+from hvae_jax.layers import count_params
+from hvae_jax.models import build_model
+from tests.helpers import fmnist_slice, tiny_config, tiny_model_and_params
+
+
+def _x(n=4):
+  return data.eval_binarize(fmnist_slice(n), 0)
+
+
+def test_output_shapes_and_finite():
+  model, params = tiny_model_and_params()
+  out = model.apply({"params": params}, _x(), jax.random.key(0))
+  assert out.log_px.shape == (4,)
+  assert [k.shape for k in out.kl] == [(4, 14, 14, 2), (4, 4), (4, 2)]
+  assert all(bool(jnp.all(jnp.isfinite(k))) for k in out.kl)
+  assert bool(jnp.all(out.log_px < 0))
+
+
+def test_untrained_bits_per_dim_in_expected_range():
+  model, params = tiny_model_and_params()
+  elbo = objectives.bound(model.apply({"params": params}, _x(16), jax.random.key(0)))
+  bpd = float(jnp.mean(objectives.bits_per_dim(elbo, (28, 28, 1))))
+  # Near-zero logits give ~1 bit/dim from log p(x|z); the KL of an untrained model adds a bit.
+  assert 0.8 < bpd < 3.0, bpd
+
+
+def test_mean_kl_is_non_negative():
+  """The MC KL can be negative per sample; its average over samples must not be."""
+  model, params = tiny_model_and_params()
+  x = _x(4)
+  kls = jax.vmap(lambda k: objectives.kl_per_latent(
+      model.apply({"params": params}, x, k)))(jax.random.split(jax.random.key(0), 256))
+  assert bool(jnp.all(kls.mean(0) > -0.05)), kls.mean(0)
+
+
+def test_n_skip_zeroes_lower_kl_and_changes_bound():
+  model, params = tiny_model_and_params()
+  x = _x()
+  key = jax.random.key(3)
+  out0 = model.apply({"params": params}, x, key, 0)
+  out2 = model.apply({"params": params}, x, key, 2)
+  assert float(jnp.abs(out2.kl[0]).max()) == 0.0 and float(jnp.abs(out2.kl[1]).max()) == 0.0
+  np.testing.assert_allclose(out2.kl[2], out0.kl[2], rtol=1e-5, atol=1e-5)  # top layer unchanged
+  assert not np.allclose(out0.log_px, out2.log_px)
+
+
+def test_gradient_reaches_every_parameter():
+  model, params = tiny_model_and_params()
+  x = _x()
+
+  def loss(p):
+    return objectives.training_loss(model.apply({"params": p}, x, jax.random.key(0)), 1.0, 0.0)[0]
+
+  grads = jax.grad(loss)(params)
+  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+  dead = [jax.tree_util.keystr(path) for path, g in flat if float(jnp.abs(g).max()) == 0.0]
+  assert not dead, f"no gradient reaches {dead}"
+
+
+def test_sample_and_reconstruct():
+  model, params = tiny_model_and_params()
+  imgs = model.apply({"params": params}, jax.random.key(0), 5, method=model.sample)
+  assert imgs.shape == (5, 28, 28, 1) and float(imgs.min()) >= 0 and float(imgs.max()) <= 1
+  rec = model.apply({"params": params}, _x(3), jax.random.key(0), 1, method=model.reconstruct)
+  assert rec.shape == (3, 28, 28, 1)
+
+
+def test_subpixel_and_transpose_upsampling_are_the_same_function():
+  c1, c2 = tiny_config(model__upsample="subpixel"), tiny_config(model__upsample="transpose")
+  m1, p = tiny_model_and_params(c1)
+  m2 = build_model(c2, (28, 28, 1))
+  x = _x()
+  a = m1.apply({"params": p}, x, jax.random.key(0))
+  b = m2.apply({"params": p}, x, jax.random.key(0))
+  np.testing.assert_allclose(a.log_px, b.log_px, rtol=1e-4)
+
+
+def test_dmol_colour_model():
+  c = tiny_config(model__likelihood="dmol")
+  c.model.blocks = (((8, 3, 2),), ((8, 3, 2),), ((8, 3, 2),))
+  model, params = tiny_model_and_params(c, (32, 32, 3))
+  x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+  out = model.apply({"params": params}, x, jax.random.key(0))
+  assert out.log_px.shape == (2,) and bool(jnp.all(jnp.isfinite(out.log_px)))
+  imgs = model.apply({"params": params}, jax.random.key(0), 2, method=model.sample)
+  assert imgs.shape == (2, 32, 32, 3) and imgs.dtype == jnp.uint8
+
+
+def test_reference_fmnist_parameter_count():
+  """hvae-oodd's FashionMNIST HVAE has 2.62 M parameters (shared/bench/ref_torch_results.md)."""
+  model = build_model(base_config(), (28, 28, 1))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)),
+                                             jax.random.key(0)))
+  n = count_params(shapes["params"])
+  assert abs(n - 2.62e6) / 2.62e6 < 0.03, n
+
+
+def test_bad_strides_give_clear_error():
+  c = tiny_config()
+  c.model.blocks = (((8, 3, 3),), ((8, 3, 2),), ((8, 3, 1),))
+  with pytest.raises(ValueError, match="does not divide"):
+    tiny_model_and_params(c)
