@@ -15,7 +15,7 @@ def get_config(variant: str = ""):
                     ((256, 3, 1), (256, 3, 1), (256, 3, 2)),
                     ((256, 3, 1), (256, 3, 1), (256, 3, 2)))
   c.model.latents = (("conv", 128), ("conv", 64), ("dense", 32))
-  c.train.epochs = 2000
+  c.train.epochs = 2000.0
   if variant == "l4":
     c.model.blocks = c.model.blocks + (((256, 3, 1), (256, 3, 1), (256, 3, 1)),)
     c.model.latents = (("conv", 128), ("conv", 64), ("conv", 32), ("dense", 32))

@@ -11,9 +11,9 @@ def get_config():
   c.model.blocks = (((32, 3, 1), (32, 3, 2)),
                     ((32, 3, 1), (32, 3, 2)),
                     ((32, 3, 1), (32, 3, 1)))
-  c.train.epochs = 30
-  c.train.warmup_epochs = 5
-  c.train.free_bits_epochs = 10
+  c.train.epochs = 30.0
+  c.train.warmup_epochs = 5.0
+  c.train.free_bits_epochs = 10.0
   c.train.eval_every_epochs = 2
   c.train.checkpoint_every_steps = 500
   return c

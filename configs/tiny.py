@@ -7,7 +7,7 @@ def get_config():
   c.model.blocks = (((8, 3, 2),), ((8, 3, 2),), ((8, 3, 1),))
   c.model.latents = (("conv", 2), ("dense", 4), ("dense", 2))
   c.train.batch_size = 32
-  c.train.epochs = 1
+  c.train.epochs = 1.0
   c.train.max_steps = 60
   c.train.warmup_epochs = 0.05
   c.train.free_bits_epochs = 0.05

@@ -7,9 +7,10 @@ a checkpoint can be missing, unfinished, corrupt or built for another model surf
 `CheckpointError` whose message names the directory and what to do, instead of an
 orbax/tensorstore traceback.
 
-On-disk layout of a workdir (orbax's default step naming, no prefix)::
+On-disk layout of a checkpoint directory (orbax's default step naming, no prefix); training
+uses `WORKDIR/checkpoints/`, and `load_checkpoint_dir` accepts either level::
 
-  WORKDIR/
+  CKPT_DIR/
     <step>/                      one finished checkpoint, e.g. 2000/
       _CHECKPOINT_METADATA       orbax step metadata (item handlers, timestamps)
       state/                     the `state` pytree (orbax PyTree handler, OCDBT + zarr)
@@ -38,12 +39,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "Checkpointer", "load_checkpoint_dir"]
+__all__ = ["CheckpointError", "Checkpointer", "load_checkpoint_dir", "match_params"]
 
 log = logging.getLogger(__name__)
 
 STATE_ITEM = "state"
 METADATA_ITEM = "metadata"
+# Where training keeps a workdir's checkpoints (train_lib: WORKDIR/checkpoints/<step>/).
+CHECKPOINT_SUBDIR = "checkpoints"
 # Orbax's suffix for unfinished saves (orbax/checkpoint/_src/path/atomicity_types.py).
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 _MAX_LISTED_MISMATCHES = 5
@@ -165,9 +168,13 @@ def _fmt_shape(shape: tuple[int, ...]) -> str:
   return "(" + ",".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def _flat_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], Optional[str]]]:
+def _flat_leaves(tree: Any) -> list[tuple[str, Any]]:
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {_path_str(path): _leaf_spec(leaf) for path, leaf in leaves}
+  return [(_path_str(path), leaf) for path, leaf in leaves]
+
+
+def _flat_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], Optional[str]]]:
+  return {path: _leaf_spec(leaf) for path, leaf in _flat_leaves(tree)}
 
 
 def _describe_config(metadata: dict) -> str:
@@ -184,6 +191,63 @@ def _describe_config(metadata: dict) -> str:
   if len(text) > 2000:
     text = text[:1997] + "..."
   return f"The checkpoint was saved with {text}."
+
+
+def _mismatches(saved: dict, model: dict, prefix: str = "") -> list[str]:
+  """'path: checkpoint (5,5,64,64) vs model (3,3,64,64)'-style lines, parameters first."""
+  problems = []
+  for path, (shape, dtype) in model.items():
+    name = prefix + path
+    if path not in saved:
+      problems.append(f"{name}: missing from checkpoint (model {_fmt_shape(shape)})")
+      continue
+    saved_shape, saved_dtype = saved[path]
+    dtype_differs = dtype is not None and saved_dtype is not None and dtype != saved_dtype
+    if dtype_differs:
+      problems.append(f"{name}: checkpoint {_fmt_shape(saved_shape)} {saved_dtype} vs "
+                      f"model {_fmt_shape(shape)} {dtype}")
+    elif saved_shape != shape:
+      problems.append(f"{name}: checkpoint {_fmt_shape(saved_shape)} vs "
+                      f"model {_fmt_shape(shape)}")
+  for path, (shape, _) in saved.items():
+    if path not in model:
+      problems.append(f"{prefix}{path}: in checkpoint {_fmt_shape(shape)} but not in model")
+  # Parameter mismatches first: they are the cause, optimiser-state ones the echo.
+  problems.sort(key=lambda text: not text.startswith("params/"))
+  return problems
+
+
+def _mismatch_error(where: Any, problems: list[str], metadata: dict) -> CheckpointError:
+  listed = "\n  ".join(problems[:_MAX_LISTED_MISMATCHES])
+  more = len(problems) - _MAX_LISTED_MISMATCHES
+  more_text = f"\n  ... and {more} more" if more > 0 else ""
+  return CheckpointError(
+      f"checkpoint {where} does not match the model "
+      f"({len(problems)} mismatching leaves):\n  {listed}{more_text}\n"
+      f"{_describe_config(metadata)} Load it with that config (same --config and "
+      "overrides), or train the new model in a fresh --workdir.")
+
+
+def match_params(params: Any, target: Any, path: Any,
+                 metadata: Optional[dict] = None) -> Any:
+  """Puts raw restored `params` (nested dicts of arrays) into the structure of `target`.
+
+  For loading without a full training-state target (e.g. `load_checkpoint_dir(path)` then
+  the model's `jax.eval_shape`d params): checks every leaf path, shape and dtype like
+  `Checkpointer.restore(target=...)` does and returns the checkpoint's arrays arranged as
+  `target` (a FrozenDict target gives a FrozenDict, and so on).
+
+  Raises:
+    CheckpointError: naming `path`, the first mismatching leaves and the saved config.
+  """
+  saved = {p: leaf for p, leaf in _flat_leaves(params)}
+  model = _flat_leaves(target)
+  problems = _mismatches({p: _leaf_spec(x) for p, x in saved.items()},
+                         {p: _leaf_spec(x) for p, x in model}, prefix="params/")
+  if problems:
+    raise _mismatch_error(path, problems, metadata or {})
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target),
+                                      [saved[p] for p, _ in model])
 
 
 def _restore_args_for(leaf: Any) -> ocp.RestoreArgs:
@@ -405,37 +469,9 @@ class Checkpointer:
   def _check_compatible(self, step: int, saved_tree: Any, target: Any,
                         metadata: dict) -> None:
     """Raises CheckpointError listing leaves whose path, shape or dtype differ."""
-    saved = _flat_specs(saved_tree)
-    model = _flat_specs(target)
-    problems = []
-    for path, (shape, dtype) in model.items():
-      if path not in saved:
-        problems.append(f"{path}: missing from checkpoint (model {_fmt_shape(shape)})")
-        continue
-      saved_shape, saved_dtype = saved[path]
-      dtype_differs = dtype is not None and saved_dtype is not None and dtype != saved_dtype
-      if saved_shape != shape or dtype_differs:
-        if dtype_differs:
-          problems.append(f"{path}: checkpoint {_fmt_shape(saved_shape)} {saved_dtype} vs "
-                          f"model {_fmt_shape(shape)} {dtype}")
-        else:
-          problems.append(f"{path}: checkpoint {_fmt_shape(saved_shape)} vs "
-                          f"model {_fmt_shape(shape)}")
-    for path, (shape, _) in saved.items():
-      if path not in model:
-        problems.append(f"{path}: in checkpoint {_fmt_shape(shape)} but not in model")
-    if not problems:
-      return
-    # Parameter mismatches first: they are the cause, optimiser-state ones the echo.
-    problems.sort(key=lambda text: not text.startswith("params/"))
-    listed = "\n  ".join(problems[:_MAX_LISTED_MISMATCHES])
-    more = len(problems) - _MAX_LISTED_MISMATCHES
-    more_text = f"\n  ... and {more} more" if more > 0 else ""
-    raise CheckpointError(
-        f"checkpoint {self.step_dir(step)} does not match the model "
-        f"({len(problems)} mismatching leaves):\n  {listed}{more_text}\n"
-        f"{_describe_config(metadata)} Load it with that config (same --config and "
-        "overrides), or train the new model in a fresh --workdir.")
+    problems = _mismatches(_flat_specs(saved_tree), _flat_specs(target))
+    if problems:
+      raise _mismatch_error(self.step_dir(step), problems, metadata)
 
   def restore(self, step: Optional[int] = None,
               target: Any | None = None) -> tuple[Any, dict]:
@@ -510,8 +546,9 @@ def _looks_like_step_dir(path: epath.Path) -> bool:
 def load_checkpoint_dir(path: str, target: Any | None = None) -> tuple[Any, dict]:
   """Loads `(state, metadata)` for evaluation from a workdir or from one step directory.
 
-  `path` is either a training workdir (its latest finished step is used) or a step
-  directory inside one (e.g. `WORKDIR/2000`). Nothing is written. `target` is passed to
+  `path` is a directory holding step directories (its latest finished step is used), a
+  training --workdir whose steps live in `path/checkpoints/` (train_lib's layout), or one
+  step directory (e.g. `.../checkpoints/2000`). Nothing is written. `target` is passed to
   `Checkpointer.restore` (None: nested dicts of numpy arrays).
 
   Raises:
@@ -528,8 +565,11 @@ def load_checkpoint_dir(path: str, target: Any | None = None) -> tuple[Any, dict
     raise CheckpointError(f"{p} is an unfinished checkpoint (its save was interrupted); pass "
                           f"the workdir {p.parent} to use its latest finished step")
   if _looks_like_step_dir(p):
-    workdir, step = p.parent, int(p.name)
-  else:
-    workdir, step = p, None
-  with Checkpointer(str(workdir), read_only=True) as ckpt:
-    return ckpt.restore(step, target=target)
+    with Checkpointer(str(p.parent), read_only=True) as ckpt:
+      return ckpt.restore(int(p.name), target=target)
+  for workdir in (p, p / CHECKPOINT_SUBDIR):
+    if workdir.is_dir():
+      with Checkpointer(str(workdir), read_only=True) as ckpt:
+        if ckpt.latest_step() is not None:
+          return ckpt.restore(None, target=target)
+  raise CheckpointError(_no_checkpoint_message(p))

@@ -42,13 +42,13 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
-  c.train.epochs = 1000
+  c.train.epochs = 1000.0
   c.train.max_steps = -1  # > 0 stops earlier than `epochs`
   c.train.learning_rate = 3e-4
   c.train.grad_clip = 0.0  # 0 = no clipping (the reference does not clip)
   c.train.free_bits = 2.0
-  c.train.free_bits_epochs = 400
-  c.train.warmup_epochs = 200
+  c.train.free_bits_epochs = 400.0
+  c.train.warmup_epochs = 200.0
   c.train.nan_policy = "stop"  # 'stop' (keep last good checkpoint) or 'skip' the update
   c.train.log_every_steps = 50
   c.train.eval_every_epochs = 10.0

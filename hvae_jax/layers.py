@@ -3,8 +3,7 @@
 All tensors are NHWC: `[batch, height, width, channels]`.
 
 Weight normalisation (Salimans & Kingma 2016): w = g * v / ||v||, with the norm taken over
-every axis but the output-channel axis. `g` is initialised to ||v|| so that, at init, the
-layer computes exactly what an ordinary He-initialised layer would.
+every axis but the output-channel axis, and data-dependent initialisation of g and b.
 """
 from __future__ import annotations
 
@@ -31,14 +30,25 @@ def get_activation(name: str) -> Callable[[Array], Array]:
   return ACTIVATIONS[name]
 
 
-def _weight_norm_param(module: nn.Module, shape: tuple[int, ...], dtype) -> Array:
-  """Creates `v` and `g` and returns the normalised kernel (last axis = output features)."""
+def _weight_norm(module: nn.Module, shape: tuple[int, ...], x: Array,
+                 apply: Callable[[Array, Array], Array], dtype) -> Array:
+  """`apply(x, g * v / ||v||) + b` with weight normalisation and data-dependent init.
+
+  `v` has the output features on its last axis. As hvae-oodd (and Salimans & Kingma), the
+  first call (`init`) sets g and b from the batch it sees, so every output feature starts
+  with zero mean and unit variance: deep residual stacks then start at a sane scale. Since
+  `apply` is linear in the kernel, g scales the output, not the kernel: one conv either way.
+  """
   v = module.param("kernel", nn.initializers.he_normal(), shape, jnp.float32)
-  reduce_axes = tuple(range(len(shape) - 1))
-  v_norm = lambda: jnp.sqrt(jnp.sum(jnp.square(v), axis=reduce_axes))
-  g = module.param("scale", lambda _: v_norm())
-  w = v * (g / jnp.maximum(v_norm(), 1e-12))
-  return w.astype(dtype)
+  direction = v / jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(v), axis=tuple(range(len(shape) - 1))),
+                                       1e-12))
+  y = apply(x.astype(dtype), direction.astype(dtype)).astype(jnp.float32)
+  axes = tuple(range(y.ndim - 1))
+  # Init functions run only at init (and abstractly, for flax's shape check, at apply).
+  inv_std = lambda: jax.lax.rsqrt(jnp.var(y, axes) + 1e-8)
+  g = module.param("scale", lambda _: inv_std())
+  b = module.param("bias", lambda _: -jnp.mean(y, axes) * inv_std())
+  return (y * g + b).astype(dtype)
 
 
 class WNDense(nn.Module):
@@ -51,10 +61,8 @@ class WNDense(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    x = x.reshape(x.shape[0], -1).astype(self.dtype)
-    w = _weight_norm_param(self, (x.shape[-1], self.features), self.dtype)
-    b = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-    return x @ w + b.astype(self.dtype)
+    x = x.reshape(x.shape[0], -1)
+    return _weight_norm(self, (x.shape[-1], self.features), x, jnp.matmul, self.dtype)
 
 
 class WNConv(nn.Module):
@@ -79,19 +87,16 @@ class WNConv(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     k, s = self.kernel_size, self.stride
-    w = _weight_norm_param(self, (k, k, x.shape[-1], self.features), self.dtype)
-    b = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-    x = x.astype(self.dtype)
     dn = ("NHWC", "HWIO", "NHWC")
     if not self.transpose or s == 1:
-      y = jax.lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=dn)
+      op = lambda x, w: jax.lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=dn)
     elif self.upsample == "transpose":
-      y = jax.lax.conv_transpose(x, w, (s, s), "SAME", dimension_numbers=dn)
+      op = lambda x, w: jax.lax.conv_transpose(x, w, (s, s), "SAME", dimension_numbers=dn)
     elif self.upsample == "subpixel":
-      y = _subpixel_conv_transpose(x, w, s)
+      op = lambda x, w: _subpixel_conv_transpose(x, w, s)
     else:
       raise ValueError(f"Unknown upsample mode {self.upsample!r}; use 'transpose' or 'subpixel'.")
-    return y + b.astype(self.dtype)
+    return _weight_norm(self, (k, k, x.shape[-1], self.features), x, op, self.dtype)
 
 
 def _transpose_pads(k: int, s: int) -> tuple[int, int]:

@@ -62,7 +62,9 @@ def iw_bounds(model: nn.Module, params: Any, x: Array, key: Array, ks: Sequence[
   ks = jnp.asarray(ks, jnp.int32)
   chunk = max(1, min(chunk_size, iw_samples))
   n_chunks = -(-iw_samples // chunk)
-  keys = jax.random.split(key, n_chunks * chunk).reshape(n_chunks, chunk)
+  # Sample s uses fold_in(key, s): the same S samples whatever the chunk size.
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_chunks * chunk))
+  keys = keys.reshape(n_chunks, chunk)
   valid = (jnp.arange(n_chunks * chunk) < iw_samples).reshape(n_chunks, chunk)
   sample = jax.vmap(lambda k: bounds_one_sample(model, params, x, k, ks))
 

@@ -46,11 +46,14 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return tx
 
 
-def init_state(model, config: ml_collections.ConfigDict, image_shape) -> TrainState:
-  """Parameters from `config.seed` (deterministic) and a fresh optimizer state."""
-  dummy = jnp.zeros((2, *image_shape), jnp.uint8 if config.model.likelihood == "dmol" else jnp.float32)
+def init_state(model, config: ml_collections.ConfigDict, x_init: Array) -> TrainState:
+  """Parameters from `config.seed` and a fresh optimizer state.
+
+  `x_init` `[batch, H, W, C]` is model input (binarized or uint8) for the data-dependent
+  initialisation of the weight-normed layers; the same seed and batch give the same params.
+  """
   key = jax.random.key(config.seed)
-  params = jax.jit(model.init)(key, dummy, key)["params"]
+  params = jax.jit(model.init)(key, x_init, key)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=make_optimizer(config).init(params))
 
@@ -207,7 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   eval_every = max(1, int(round(t.eval_every_epochs * steps_per_epoch)))
 
   model = build_model(config, image_shape)
-  state = init_state(model, config, image_shape)
+  init_images = train_images[np.random.default_rng(config.seed).permutation(len(train_images))[:256]]
+  state = init_state(model, config, eval_images(init_images, kind, config.seed))
   metadata = checkpoint_metadata(config, image_shape, kind)
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
   if ckpt.latest_step() is not None:

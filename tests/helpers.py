@@ -1,4 +1,5 @@
 """Shared fixtures-as-functions for the model, OOD and training tests."""
+import functools
 import os
 
 import jax
@@ -36,9 +37,22 @@ def mnist_slice(n, seed=0):
 
 
 def tiny_model_and_params(config=None, image_shape=(28, 28, 1), seed=0):
-  config = config or tiny_config()
+  """A model and its (data-dependently initialised) params; the default tiny one is cached."""
+  if config is None:
+    return _default_tiny(seed)
+  return _init(config, image_shape, seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _default_tiny(seed):
+  return _init(tiny_config(), (28, 28, 1), seed)
+
+
+def _init(config, image_shape, seed):
   model = build_model(config, image_shape)
-  dtype = np.uint8 if config.model.likelihood == "dmol" else np.float32
-  x = np.zeros((2, *image_shape), dtype)
-  params = model.init(jax.random.key(seed), x, jax.random.key(1))["params"]
+  if config.model.likelihood == "dmol":
+    x = np.random.default_rng(seed).integers(0, 256, (16, *image_shape), dtype=np.uint8)
+  else:
+    x = data.eval_binarize(fmnist_slice(64, "train", seed), seed)
+  params = jax.jit(model.init)(jax.random.key(seed), x, jax.random.key(1))["params"]
   return model, params

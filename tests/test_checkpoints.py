@@ -5,6 +5,7 @@ import gc
 import os
 import shutil
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -13,7 +14,7 @@ import optax
 import pytest
 
 from hvae_jax.checkpoints import (CheckpointError, Checkpointer, TMP_SUFFIX,
-                                  load_checkpoint_dir)
+                                  load_checkpoint_dir, match_params)
 
 
 def _params(seed: int, kernel=(5, 5, 8, 16)) -> dict:
@@ -146,6 +147,8 @@ def test_save_interval_and_force(tmp_path):
 def test_mismatching_target_names_path_shapes_and_config(tmp_path):
   _save(tmp_path, [7])
   wrong = _state(0, kernel=(3, 3, 8, 16))
+  wrong["params"]["stage_1"]["dense"]["kernel"] = jnp.zeros((8, 2))
+  wrong["opt_state"] = optax.adam(1e-3).init(wrong["params"])
   with Checkpointer(str(tmp_path)) as ckpt:
     with pytest.raises(CheckpointError) as info:
       ckpt.restore(target=wrong)
@@ -153,7 +156,9 @@ def test_mismatching_target_names_path_shapes_and_config(tmp_path):
   assert msg.splitlines()[1].strip() == (
       "params/stage_0/conv1/kernel: checkpoint (5,5,8,16) vs model (3,3,8,16)")
   assert "opt_state/0/mu/stage_0/conv1/kernel" in msg
-  assert "(3 mismatching leaves)" in msg  # the kernel in params, adam's mu and nu
+  assert "(6 mismatching leaves)" in msg  # 2 kernels, each in params, adam's mu and nu
+  assert "params/stage_1/dense/kernel: checkpoint (8,3) vs model (8,2)" in msg
+  assert "... and 1 more" in msg  # only the first 5 are listed
   assert str(tmp_path / "7") in msg
   assert '"name": "hvae"' in msg and "config=" in msg
 
@@ -276,3 +281,48 @@ def test_load_checkpoint_dir_workdir_and_step_dir(tmp_path):
   assert isinstance(state["step"], np.int64) and state["step"] == 10
   with pytest.raises(CheckpointError, match="no checkpoint found"):
     load_checkpoint_dir(str(tmp_path / "10" / "state" / "d"))
+
+
+@pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 devices (scripts/test.sh sets "
+                    "--xla_force_host_platform_device_count=2)")
+def test_sharded_target_restores_with_its_sharding(tmp_path):
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("data",))
+  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = {"w": jax.device_put(jnp.arange(8.0), sharded),
+           "b": jax.device_put(jnp.ones(3), replicated)}
+  _save(tmp_path, [1], state)
+  target = {"w": jax.ShapeDtypeStruct((8,), jnp.float32, sharding=sharded),
+            "b": jax.device_put(jnp.zeros(3), replicated)}
+  restored, _ = load_checkpoint_dir(str(tmp_path), target=target)
+  assert restored["w"].sharding == sharded and restored["b"].sharding == replicated
+  np.testing.assert_array_equal(restored["w"], np.arange(8.0))
+  np.testing.assert_array_equal(restored["b"], np.ones(3))
+
+
+def test_load_checkpoint_dir_finds_training_checkpoints_subdir(tmp_path):
+  _save(tmp_path / "checkpoints", [5, 9])
+  _, metadata = load_checkpoint_dir(str(tmp_path))
+  assert metadata["step"] == 9
+  empty = tmp_path / "empty_workdir"
+  (empty / "checkpoints").mkdir(parents=True)
+  with pytest.raises(CheckpointError, match=rf"no checkpoint found in {empty};"):
+    load_checkpoint_dir(str(empty))
+
+
+def test_match_params_arranges_raw_params_and_reports_mismatch(tmp_path):
+  saved = _trained_state()
+  _save(tmp_path, [1], saved)
+  raw, metadata = load_checkpoint_dir(str(tmp_path))
+  abstract = flax.core.freeze(jax.eval_shape(lambda: _params(0)))
+  params = match_params(raw["params"], abstract, str(tmp_path), metadata)
+  assert isinstance(params, flax.core.FrozenDict)
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(abstract)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params,
+                         flax.core.freeze(saved["params"]))
+  wrong = jax.eval_shape(lambda: _params(0, kernel=(3, 3, 8, 16)))
+  with pytest.raises(CheckpointError) as info:
+    match_params(raw["params"], wrong, str(tmp_path), metadata)
+  assert ("params/stage_0/conv1/kernel: checkpoint (5,5,8,16) vs model (3,3,8,16)"
+          in str(info.value))
+  assert "config=" in str(info.value)

@@ -24,20 +24,21 @@ def test_output_shapes_and_finite():
   assert bool(jnp.all(out.log_px < 0))
 
 
-def test_untrained_bits_per_dim_in_expected_range():
+def test_untrained_reconstruction_bits_per_dim_in_expected_range():
   model, params = tiny_model_and_params()
-  elbo = objectives.bound(model.apply({"params": params}, _x(16), jax.random.key(0)))
-  bpd = float(jnp.mean(objectives.bits_per_dim(elbo, (28, 28, 1))))
-  # Near-zero logits give ~1 bit/dim from log p(x|z); the KL of an untrained model adds a bit.
-  assert 0.8 < bpd < 3.0, bpd
+  out = model.apply({"params": params}, _x(16), jax.random.key(0))
+  bpd = float(jnp.mean(objectives.bits_per_dim(out.log_px, (28, 28, 1))))
+  # Data-dependent init gives logits of unit scale: about 1 bit/dim (a coin flip per pixel).
+  assert 0.5 < bpd < 2.0, bpd
+  assert float(jnp.mean(objectives.bound(out))) < float(jnp.mean(out.log_px))
 
 
 def test_mean_kl_is_non_negative():
   """The MC KL can be negative per sample; its average over samples must not be."""
   model, params = tiny_model_and_params()
   x = _x(4)
-  kls = jax.vmap(lambda k: objectives.kl_per_latent(
-      model.apply({"params": params}, x, k)))(jax.random.split(jax.random.key(0), 256))
+  kls = jax.jit(jax.vmap(lambda k: objectives.kl_per_latent(
+      model.apply({"params": params}, x, k))))(jax.random.split(jax.random.key(0), 256))
   assert bool(jnp.all(kls.mean(0) > -0.05)), kls.mean(0)
 
 
