@@ -5,7 +5,7 @@
 Writes results.json, results.md (tables shaped like the paper's), ROC and histogram PNGs, the
 calibrated threshold and per-example score caches into --output.
 """
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (uses its latest checkpoint).")
@@ -30,6 +30,7 @@ _ALIASES = {"svhn": "svhn_cropped", "fmnist": "fashion_mnist"}
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)
   import os  # pylint: disable=import-outside-toplevel
   from hvae_jax import api, data, evaluation  # pylint: disable=import-outside-toplevel
   from hvae_jax.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel

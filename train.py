@@ -3,7 +3,7 @@
 Rerunning the same command resumes from the latest checkpoint in --workdir.
 Override any knob from the command line, e.g. --config.train.batch_size=64.
 """
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -17,6 +17,7 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (mult
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   import jax  # pylint: disable=import-outside-toplevel
   if FLAGS.distributed:
     jax.distributed.initialize()

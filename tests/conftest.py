@@ -6,3 +6,15 @@ import os
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=2").strip()
+
+# Several tests compile the same tiny model (train step, scorer): a persistent compilation
+# cache shared by the session turns the repeats into cache hits.
+import tempfile  # pylint: disable=wrong-import-position
+
+import jax  # pylint: disable=wrong-import-position
+
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("HVAE_TEST_JAX_CACHE", os.path.join(tempfile.gettempdir(),
+                                                                     "hvae_jax_test_cache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

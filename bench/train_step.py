@@ -1,0 +1,74 @@
+"""Train-step throughput (examples/s) and parameter count for a config.
+
+  python bench/train_step.py --config=configs/fmnist_hvae.py --batch=128 --steps=10
+
+Random binarized (or uint8) inputs; reports compile time, steady-state examples/s and
+parameter count. Not a test: run it by hand and record figures in bench/RESULTS.md.
+"""
+import argparse
+import importlib.util
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=wrong-import-position
+
+from hvae_jax import data, train_lib  # pylint: disable=wrong-import-position
+from hvae_jax.layers import count_params  # pylint: disable=wrong-import-position
+from hvae_jax.models import build_model  # pylint: disable=wrong-import-position
+
+
+def load_config(path, overrides):
+  spec = importlib.util.spec_from_file_location("cfg", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config()
+  for o in overrides:
+    k, v = o.split("=", 1)
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = type(node[leaf])(v) if not isinstance(node[leaf], bool) else v == "True"
+  return c
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--config", default="configs/fmnist_hvae.py")
+  ap.add_argument("--batch", type=int, default=128)
+  ap.add_argument("--steps", type=int, default=10)
+  ap.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+  a = ap.parse_args()
+  c = load_config(a.config, a.set)
+  shape = data.DATASETS[c.data.name].image_shape
+  kind = data.DATASETS[c.data.name].kind
+  model = build_model(c, shape)
+  rng = np.random.default_rng(0)
+  batch = rng.integers(0, 256, (a.batch, *shape), dtype=np.uint8)
+  state = train_lib.init_state(model, c, train_lib.eval_images(batch, kind, 0))
+  mesh = data.make_data_mesh()
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  step = train_lib.make_data_parallel(train_lib.make_train_step(model, c, 1000, kind), mesh)
+  key = jax.random.key(0)
+  xb = data.shard_to_mesh(batch, mesh)
+  t0 = time.time()
+  state, m = step(state, xb, key)
+  jax.block_until_ready(m)
+  compile_s = time.time() - t0
+  t0 = time.time()
+  for _ in range(a.steps):
+    state, m = step(state, xb, key)
+  jax.block_until_ready(m)
+  dt = time.time() - t0
+  print(f"config={a.config} set={a.set} batch={a.batch} devices={jax.devices()}")
+  print(f"params={count_params(state.params)} compile+first_step_s={compile_s:.1f} "
+        f"train_examples_per_s={a.steps * a.batch / dt:.1f}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,316 @@
+"""BIVA, the bidirectional-inference VAE (Maaloe et al. 2019), as the paper trains it for CIFAR10.
+
+Layers i = 1 (lowest) .. L (top). Every layer below the top has two latents, a bottom-up one
+z^BU_i and a top-down one z^TD_i; the top layer has one, z_L. As hvae-oodd's `BivaStage`
+(`BivaIntermediateStage`, `BivaTopStage`, from biva-pytorch), each stage holds three
+deterministic stacks: bottom-up inference (BU), top-down inference (TD) and generative.
+
+Inference, `infer` (bottom-up over the stages, x_BU = x_TD = x at stage 1):
+  h^BU_i = BU_i(x^BU_i; aux = [h^BU_{i-1}, h^TD_{i-1}])     q(z^BU_i | h^BU_i), sampled here
+  h^TD_i = TD_i(x^TD_i; aux = h^BU_i)                     x^BU_{i+1} = z^BU_i, x^TD_{i+1} = h^TD_i
+  top:    q(z_L | merge(concat(h^BU_L, h^TD_L)))
+The TD posterior also needs the generative state, so it is formed (and sampled) in `generate`:
+  q(z^TD_i | merge_i(h^TD_i; aux = d_{i+1}))
+where d_{i+1} is the output of the generative stack of layer i+1: the top-down inference path
+merges the bottom-up features with the top-down state.
+
+Generation, `generate` (top-down): z_L ~ N(0, I) -> generative stack L -> d_L;
+  p(z^TD_i | d_{i+1}),  p(z^BU_i | d_{i+1})  (or, with `conditional_bu`,
+  p(z^BU_i | block(z^TD_i; aux = d_{i+1})): the BU prior conditioned on z^TD_i),
+  then concat(z^TD_i, z^BU_i) -> generative stack i -> d_i; ... -> p(x | d_1).
+Skip connections: block j of generative stack i also takes the output of block j of stack
+i+1 (so the latents above reach the layers below), and every BU block takes the previous
+stage's BU and TD features.
+
+Stage i (1-based) uses `blocks[i-1]` = ((features, kernel, stride), ...) for both inference
+stacks, the reverse with transposed/upsampling convs for its generative stack, and
+`latents[i-1]` = (kind, features) for both of its latents (kind 'conv' or 'dense').
+
+Where hvae-oodd's code departs from biva-pytorch and BIVA as published, we follow the latter,
+so that every connection above acts: hvae-oodd's blocks drop an aux input that has their own
+shape (the TD merge would then ignore the top-down state, and most skips would vanish), and
+its intermediate stages drop the BU skip input (an inverted `skip_stochastic` test). Here, as
+in biva-pytorch, a same-resolution aux input enters through a 1x1 conv (`BivaResBlock`). The
+generative stacks mirror the inference ones (reversed, as biva-pytorch and our HVAE).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hvae_jax import distributions as dist
+from hvae_jax.layers import WNConv, _match_residual, get_activation
+from hvae_jax.models.common import (AsFeatureMap, Gaussian, GaussianLatent, Likelihood,
+                                    ModelOutput, network_input, standard_normal,
+                                    use_prior_mask)
+from hvae_jax.models.hvae import stage_feature_shapes
+
+Array = jax.Array
+BlockSpec = tuple[int, int, int]
+
+
+def _as_tuple(x):
+  return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+class BivaResBlock(nn.Module):
+  """`layers.ResBlock` (same parameters and names), except that an aux input always acts.
+
+  y = conv2(act(conv1(act(x)) + aux_op(act(aux)))) + residual(x)
+
+  aux_op is a strided (aux larger) or transposed (aux smaller) conv with the block's kernel,
+  or a 1x1 conv at the same resolution, even when aux already has conv1's output shape
+  (where ResBlock, like hvae-oodd, drops it). This is biva-pytorch's GatedResNet, ungated.
+  """
+  features: int
+  kernel_size: int
+  stride: int = 1
+  transposed: bool = False
+  residual: bool = True
+  activation: str = "relu"
+  upsample: str = "transpose"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, aux: Optional[Array] = None) -> Array:
+    act = get_activation(self.activation)
+    conv = lambda f, k, s, t, name: WNConv(f, k, s, t, self.upsample, self.dtype, name=name)
+    f, k = self.features, self.kernel_size
+    y = conv(f, k, 1, False, "conv1")(act(x) if self.residual else x)
+    if aux is not None:
+      ah, yh = aux.shape[1], y.shape[1]
+      if ah > yh:
+        a = conv(f, k, ah // yh, False, "aux")(act(aux))
+      elif ah < yh:
+        a = conv(f, k, yh // ah, True, "aux")(act(aux))
+      else:
+        a = conv(f, 1, 1, False, "aux")(act(aux))
+      y = y + a
+    y = conv(f, k, self.stride, self.transposed, "conv2")(act(y))
+    if self.residual:
+      r = _match_residual(x, y.shape, self.stride, self.transposed)
+      if r is not None:
+        y = y + r.astype(y.dtype)
+    return y
+
+
+@flax.struct.dataclass
+class StagePosterior:
+  """What `infer` gives for a layer below the top.
+
+  bu: q(z^BU_i | x) with its sample. h_td: the TD inference features `[batch, h, w, c]`;
+  `generate` merges them with the top-down state into q(z^TD_i | x, z_{>i}).
+  """
+  bu: Gaussian
+  h_td: Array
+
+
+def _run(stack, h: Array, aux) -> tuple[Array, list[Array]]:
+  """A block stack; `aux` is one array for every block, a per-block list, or None."""
+  per_block = isinstance(aux, (list, tuple))
+  outs = []
+  for j, blk in enumerate(stack):
+    h = blk(h, (aux[j] if j < len(aux) else None) if per_block else aux)
+    outs.append(h)
+  return h, outs
+
+
+class BIVA(nn.Module):
+  """BIVA with L = len(blocks) layers: 2 latents per layer below the top, 1 at the top.
+
+  `ModelOutput.kl` has 2L - 1 entries ordered lowest layer first and, within a layer,
+  bottom-up latent first: (z^BU_1, z^TD_1, z^BU_2, z^TD_2, ..., z^BU_{L-1}, z^TD_{L-1}, z_L),
+  as hvae-oodd orders its stage data; `latent_layers` = (1, 1, 2, 2, ..., L-1, L-1, L) gives
+  each entry's layer.
+
+  n_skip = k (the paper's L^{>k}): "the k lowest latents" means the k lowest LAYERS, both
+  streams of each, following the paper and hvae-oodd (whose `decode_from_p` is per stage):
+  z^TD_i and z^BU_i for i <= k come from their conditional priors (the mean with
+  skip_mode='mean', as the reference; a sample with 'sample') and their KL terms are zero;
+  layers above k keep their posterior samples and KL terms. k ranges over 0 .. L-1.
+
+  Images are `[batch, height, width, channels]`: binarized floats for the Bernoulli
+  likelihood, uint8 for the discretized logistic mixture ('dmol').
+  """
+  image_shape: tuple[int, int, int]
+  blocks: tuple[tuple[BlockSpec, ...], ...]
+  latents: tuple[tuple[str, int], ...]
+  likelihood: str = "bernoulli"
+  num_mix: int = 10
+  activation: str = "relu"
+  latent_kernel: int = 3
+  upsample: str = "transpose"
+  skip_mode: str = "mean"
+  conditional_bu: bool = False
+  dtype: Any = jnp.float32
+
+  @classmethod
+  def from_config(cls, model_config, **common) -> "BIVA":
+    """From `config.model` (blocks, latents; optional biva_conditional_bu) and the common kwargs."""
+    conditional_bu = bool(model_config.get("biva_conditional_bu", False))
+    return cls(blocks=_as_tuple(model_config.blocks), latents=_as_tuple(model_config.latents),
+               conditional_bu=conditional_bu, **common)
+
+  @property
+  def num_layers(self) -> int:
+    return len(self.blocks)
+
+  @property
+  def latent_layers(self) -> tuple[int, ...]:
+    """Layer (1 = lowest) of each KL entry: (1, 1, 2, 2, ..., L-1, L-1, L)."""
+    n = len(self.blocks)
+    return tuple(i for i in range(1, n) for _ in range(2)) + (n,)
+
+  def setup(self):
+    n = len(self.blocks)
+    if n != len(self.latents):
+      raise ValueError(f"model.blocks has {n} stages but model.latents has "
+                       f"{len(self.latents)}; give one latent spec per BIVA layer (used for both "
+                       f"its BU and TD latents).")
+    if n < 2:
+      raise ValueError("BIVA needs at least 2 layers (model.blocks with >= 2 stages).")
+    if self.skip_mode not in ("mean", "sample"):
+      raise ValueError(f"skip_mode must be 'mean' or 'sample', got {self.skip_mode!r}.")
+    self.feature_shapes = shapes = stage_feature_shapes(self.image_shape, self.blocks)
+    block = lambda spec, transposed=False, residual=True, stride=None: BivaResBlock(
+        spec[0], spec[1], spec[2] if stride is None else stride, transposed, residual,
+        self.activation, self.upsample, self.dtype)
+    latent = lambda spec: GaussianLatent(spec[0], spec[1], self.latent_kernel, self.dtype)
+    # Inference: the first block of stage 1 sees the raw image (no residual, as the reference).
+    inference_stack = lambda i, stage: [block(spec, residual=i > 0 or j > 0)
+                                        for j, spec in enumerate(stage)]
+    self.q_bu_blocks = [inference_stack(i, stage) for i, stage in enumerate(self.blocks)]
+    self.q_td_blocks = [inference_stack(i, stage) for i, stage in enumerate(self.blocks)]
+    inter = range(n - 1)
+    self.q_bu_latents = [latent(self.latents[i]) for i in inter]
+    self.bu_proj = [AsFeatureMap(shapes[i], self.dtype) for i in inter]
+    # Top: merge BU and TD features with a stride-1 block of the stage's last spec.
+    self.q_top = block(self.blocks[-1][-1], stride=1)
+    self.q_top_latent = latent(self.latents[-1])
+    # TD posterior: merge h^TD_i with the top-down state (stride-1 block of the last spec).
+    self.td_merge = [block(self.blocks[i][-1], stride=1) for i in inter]
+    self.q_td_latents = [latent(self.latents[i]) for i in inter]
+    self.p_td_latents = [latent(self.latents[i]) for i in inter]
+    self.p_bu_latents = [latent(self.latents[i]) for i in inter]
+    if self.conditional_bu:
+      self.bu_cond_proj = [AsFeatureMap(shapes[i], self.dtype) for i in inter]
+      self.bu_cond = [block(self.blocks[i][-1], residual=False, stride=1) for i in inter]
+    self.z_proj = [AsFeatureMap(shapes[i], self.dtype) for i in range(n)]
+    self.p_blocks = [[block(spec, transposed=True, residual=j > 0)
+                      for j, spec in enumerate(reversed(stage))] for stage in self.blocks]
+    self.lik = Likelihood(self.likelihood, self.image_shape[-1], self.num_mix, self.dtype)
+
+  def infer(self, x: Array, key: Array) -> tuple[Any, ...]:
+    """Bottom-up pass, lowest layer first: a `StagePosterior` per layer below the top (the
+    BU posterior with its sample and the TD features), then the top posterior `Gaussian`."""
+    n = len(self.blocks)
+    h_in = network_input(x, self.likelihood, self.dtype)
+    x_bu, x_td, aux = h_in, h_in, None
+    keys = jax.random.split(key, n)
+    posteriors = []
+    for i in range(n):
+      h_bu, _ = _run(self.q_bu_blocks[i], x_bu, aux)
+      h_td, _ = _run(self.q_td_blocks[i], x_td, h_bu)
+      if i < n - 1:
+        q_bu = self.q_bu_latents[i](h_bu, keys[i])
+        posteriors.append(StagePosterior(bu=q_bu, h_td=h_td))
+        x_bu, x_td = self.bu_proj[i](q_bu.z), h_td
+        aux = jnp.concatenate([h_bu, h_td], axis=-1)
+      else:
+        h = self.q_top(jnp.concatenate([h_bu, h_td], axis=-1))
+        posteriors.append(self.q_top_latent(h, keys[i]))
+    return tuple(posteriors)
+
+  def _prior_z(self, key: Array, mean: Array, std: Array, sample: bool) -> Array:
+    return dist.gaussian_sample(key, mean, std) if sample else mean
+
+  def _top_down(self, posteriors: Optional[Sequence[Any]], n_skip, key: Array,
+                batch: int) -> tuple[Array, tuple[Array, ...]]:
+    """Top-down pass. Returns the last features d `[batch, H, W, c]` and the KL terms.
+
+    Both latents of a layer among the `n_skip` lowest (or every latent, when no posteriors
+    are given: sampling) come from their conditional priors, mean or sample per skip_mode,
+    and get zero KL; the others take the posterior sample and the MC KL log q - log p.
+    """
+    n = len(self.blocks)
+    from_prior = (jnp.ones((n,), bool) if posteriors is None
+                  else use_prior_mask(tuple(range(1, n + 1)), n_skip))
+    sample_prior = posteriors is None or self.skip_mode == "sample"
+    keys = jax.random.split(key, 3 * n)
+    kls: list[Any] = [None] * (2 * n - 1)  # (bu_1, td_1, ..., bu_{L-1}, td_{L-1}, top)
+    d, skips = None, None
+    for i in reversed(range(n)):
+      k_q, k_td, k_bu = keys[3 * i], keys[3 * i + 1], keys[3 * i + 2]
+      if i == n - 1:
+        kind, feats = self.latents[i]
+        spatial = self.feature_shapes[i][:2] if kind == "conv" else ()
+        p_mean, p_std = standard_normal((batch, *spatial, feats))
+        z_p = self._prior_z(k_td, p_mean, p_std, sample_prior)
+        if posteriors is None:
+          z, kls[-1] = z_p, jnp.zeros_like(z_p)
+        else:
+          q = posteriors[i]
+          z = jnp.where(from_prior[i], z_p, q.z)
+          kl = q.log_prob(q.z) - dist.gaussian_log_prob(q.z, p_mean, p_std)
+          kls[-1] = jnp.where(from_prior[i], 0.0, kl)
+      else:
+        # Top-down latent: prior p(z^TD_i | d), posterior q(z^TD_i | merge(h^TD_i, d)).
+        p_td = self.p_td_latents[i](d, None)
+        z_td_p = self._prior_z(k_td, p_td.mean, p_td.std, sample_prior)
+        if posteriors is None:
+          z_td, kl_td = z_td_p, jnp.zeros_like(z_td_p)
+        else:
+          q_td = self.q_td_latents[i](self.td_merge[i](posteriors[i].h_td, d), k_q)
+          z_td = jnp.where(from_prior[i], z_td_p, q_td.z)
+          kl_td = jnp.where(from_prior[i], 0.0,
+                            q_td.log_prob(q_td.z) - p_td.log_prob(q_td.z))
+        # Bottom-up latent: prior p(z^BU_i | d) (or conditioned on z^TD_i), posterior from infer.
+        d_bu = d
+        if self.conditional_bu:
+          d_bu = self.bu_cond[i](self.bu_cond_proj[i](z_td), d)
+        p_bu = self.p_bu_latents[i](d_bu, None)
+        z_bu_p = self._prior_z(k_bu, p_bu.mean, p_bu.std, sample_prior)
+        if posteriors is None:
+          z_bu, kl_bu = z_bu_p, jnp.zeros_like(z_bu_p)
+        else:
+          q_bu = posteriors[i].bu
+          z_bu = jnp.where(from_prior[i], z_bu_p, q_bu.z)
+          kl_bu = jnp.where(from_prior[i], 0.0,
+                            q_bu.log_prob(q_bu.z) - p_bu.log_prob(q_bu.z))
+        kls[2 * i], kls[2 * i + 1] = kl_bu, kl_td
+        z = jnp.concatenate([z_td, z_bu], axis=-1)
+      h = self.z_proj[i](z)
+      d, skips = _run(self.p_blocks[i], h, skips)
+    return d, tuple(kls)
+
+  def generate(self, posteriors: Sequence[Any], x: Array, n_skip=0,
+               key: Optional[Array] = None) -> ModelOutput:
+    """Top-down pass and log p(x|z) given posteriors from `infer` (vmappable over n_skip).
+
+    `key` draws the TD posterior samples (and prior samples with skip_mode='sample'); the
+    same key gives the same z^TD for the layers above k whatever k is.
+    """
+    key = jax.random.key(0) if key is None else key
+    d, kls = self._top_down(posteriors, n_skip, key, x.shape[0])
+    return ModelOutput(log_px=self.lik.log_prob(d, x), kl=kls)
+
+  def __call__(self, x: Array, key: Array, n_skip=0) -> ModelOutput:
+    """One-sample bound terms for a batch; n_skip = k gives L^{>k} (0 gives the ELBO)."""
+    k_q, k_p = jax.random.split(key)
+    return self.generate(self.infer(x, k_q), x, n_skip, k_p)
+
+  def sample(self, key: Array, num: int) -> Array:
+    """`num` images from the prior: Bernoulli means in [0, 1] or uint8 colour images."""
+    k_z, k_x = jax.random.split(key)
+    d, _ = self._top_down(None, 0, k_z, num)
+    return self.lik.sample_image(d, k_x)
+
+  def reconstruct(self, x: Array, key: Array, n_skip=0) -> Array:
+    """Images decoded from the posterior, with the `n_skip` lowest layers from the prior."""
+    k_q, k_p, k_x = jax.random.split(key, 3)
+    d, _ = self._top_down(self.infer(x, k_q), n_skip, k_p, x.shape[0])
+    return self.lik.sample_image(d, k_x)
