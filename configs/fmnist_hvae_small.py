@@ -15,5 +15,5 @@ def get_config():
   c.train.warmup_epochs = 1.0
   c.train.free_bits_epochs = 2.0
   c.train.eval_every_epochs = 0.5
-  c.train.checkpoint_every_steps = 500
+  c.train.checkpoint_every_steps = 200
   return c

@@ -7,6 +7,7 @@ every axis but the output-channel axis, and data-dependent initialisation of g a
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import flax.linen as nn
@@ -51,6 +52,58 @@ def _weight_norm(module: nn.Module, shape: tuple[int, ...], x: Array,
   return (y * g + b).astype(dtype)
 
 
+_DN = ("NHWC", "HWIO", "NHWC")
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+def same_padding(size: int, k: int, s: int) -> tuple[int, int]:
+  """XLA/TensorFlow 'SAME' padding of one spatial axis: output size ceil(size / s)."""
+  total = max((-(-size // s) - 1) * s + k - size, 0)
+  return total // 2, total - total // 2
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: Array, w: Array, stride: int, padding: Padding) -> Array:
+  """NHWC/HWIO convolution whose weight gradient is k*k GEMMs on shifted input slices.
+
+  XLA's CPU backend computes a conv's weight gradient as a convolution with a huge
+  (output-sized) kernel, which ran 3-5x slower than this on 28x28 maps (bench/RESULTS.md);
+  on GPU/TPU the native gradient is used.
+  """
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=_DN)
+
+
+def _conv2d_fwd(x, w, stride, padding):
+  return conv2d(x, w, stride, padding), (x, w)
+
+
+def _conv2d_bwd(stride, padding, res, dy):
+  x, w = res
+  conv = lambda x_, w_: jax.lax.conv_general_dilated(x_, w_, (stride, stride), padding,
+                                                     dimension_numbers=_DN)
+  dx = jax.vjp(lambda x_: conv(x_, w), x)[1](dy)[0]
+  if jax.default_backend() != "cpu" or dy.shape[1] * dy.shape[2] < 256:
+    return dx, jax.vjp(lambda w_: conv(x, w_), w)[1](dy)[0]
+  k_h, k_w, c_in, c_out = w.shape
+  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  ho, wo = dy.shape[1], dy.shape[2]
+  dy2 = dy.reshape(-1, c_out)
+  taps = [xp[:, i:i + (ho - 1) * stride + 1:stride, j:j + (wo - 1) * stride + 1:stride, :]
+          .reshape(-1, c_in).T @ dy2 for i in range(k_h) for j in range(k_w)]
+  dw = jnp.stack(taps).reshape(k_h, k_w, c_in, c_out)
+  return dx, dw.astype(w.dtype)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def conv2d_same(x: Array, w: Array, stride: int = 1) -> Array:
+  """'SAME'-padded `conv2d`."""
+  k_h, k_w = w.shape[:2]
+  pad = (same_padding(x.shape[1], k_h, stride), same_padding(x.shape[2], k_w, stride))
+  return conv2d(x, w, stride, pad)
+
+
 class WNDense(nn.Module):
   """Weight-normalised dense layer acting on the flattened trailing axes.
 
@@ -87,11 +140,10 @@ class WNConv(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     k, s = self.kernel_size, self.stride
-    dn = ("NHWC", "HWIO", "NHWC")
     if not self.transpose or s == 1:
-      op = lambda x, w: jax.lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=dn)
+      op = lambda x, w: conv2d_same(x, w, s)
     elif self.upsample == "transpose":
-      op = lambda x, w: jax.lax.conv_transpose(x, w, (s, s), "SAME", dimension_numbers=dn)
+      op = lambda x, w: jax.lax.conv_transpose(x, w, (s, s), "SAME", dimension_numbers=_DN)
     elif self.upsample == "subpixel":
       op = lambda x, w: _subpixel_conv_transpose(x, w, s)
     else:
@@ -134,9 +186,7 @@ def _subpixel_conv_transpose(x: Array, w: Array, s: int) -> Array:
         for tx, ox in px:
           small = small.at[oy - min_off, ox - min_off, :, ry, rx, :].set(w[ty, tx])
   small = small.reshape(size, size, cin, s * s * cout)
-  pad = ((-min_off, max_off), (-min_off, max_off))
-  y = jax.lax.conv_general_dilated(x, small, (1, 1), pad,
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  y = conv2d(x, small, 1, ((-min_off, max_off), (-min_off, max_off)))
   b, h, wd, _ = y.shape
   y = y.reshape(b, h, wd, s, s, cout).transpose(0, 1, 3, 2, 4, 5)
   return y.reshape(b, h * s, wd * s, cout)
