@@ -126,3 +126,16 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if any(kind not in ("conv", "dense") for kind, _ in latents):
     raise ValueError(f"latent kinds must be 'conv' or 'dense', got {[k for k, _ in latents]}.")
   return c
+
+
+def parse_flags_or_exit(argv: list[str]) -> list[str]:
+  """absl flag parsing that turns a bad override (e.g. --config.model.typo=1) into one line.
+
+  Pass as `app.run(main, flags_parser=parse_flags_or_exit)`.
+  """
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
+    raise SystemExit(f"error: bad command-line flag: {e}. Config keys and their defaults are in "
+                     f"hvae_jax/config.py; see --helpfull for the flags.") from None
