@@ -6,13 +6,14 @@ Writes results.json, results.md (tables shaped like the paper's), ROC and histog
 calibrated threshold and per-example score caches into --output.
 """
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (uses its latest checkpoint).")
 flags.DEFINE_string("checkpoint", None, "A checkpoint: a workdir, its checkpoints/ folder, a step "
                     "directory, or a shipped model under pretrained/. Overrides --workdir.")
-flags.DEFINE_string("config", None, "Config file to use instead of the one saved with the checkpoint "
-                    "(must describe the same model).")
+config_flags.DEFINE_config_file("config", None, "Config file to use instead of the one saved "
+                                "with the checkpoint (must describe the same model).")
 flags.DEFINE_list("ood", None, "OOD test sets, comma separated (default: the config's data.ood), "
                   "e.g. mnist,kmnist or svhn_cropped.")
 flags.DEFINE_integer("iw_samples", None, "Importance samples for both bounds (LLR^{>k}_S).")
@@ -38,11 +39,7 @@ def main(argv):
   if not path:
     raise SystemExit("error: pass --workdir=<training workdir> or --checkpoint=<checkpoint dir>.")
   try:
-    config = None
-    if FLAGS.config:
-      from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-      config = config_flags.load_config_file(FLAGS.config)
-    trained = api.load_model(path, config)
+    trained = api.load_model(path, FLAGS.config)
     c = trained.config
     if FLAGS.data_dir:
       c.data.data_dir = FLAGS.data_dir
