@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.upsample = "subpixel"  # 'subpixel' (fast on CPU) or 'transpose': same function
   c.model.skip_mode = "mean"  # z_{<=k} in L^{>k}: prior 'mean' (reference) or 'sample'
   c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (scores stay float32)
+  c.model.biva_conditional_bu = False  # BIVA: condition p(z^BU_i) on z^TD_i too
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from hvae_jax import metrics, plots
+from hvae_jax import baselines, metrics, plots
 from hvae_jax.api import THRESHOLD_FILE, TrainedModel
 
 
@@ -37,18 +37,28 @@ class EvalSettings:
 
 
 def orientation(name: str) -> int:
-  """+1 if larger = more OOD. Bounds (elbo, lk_*) are log-likelihoods: lower = more OOD."""
-  return 1 if name.startswith("llr") else -1
+  """+1 if larger = more OOD. Bounds (elbo, lk_*) are log-likelihoods: lower = more OOD.
+
+  LLR^{>k} (llr_*) and the baselines of `hvae_jax.baselines` (iw_nll, typicality,
+  typicality_batch, complexity_png, bg_llr, neg_waic, regret) are built larger = more OOD.
+  """
+  return 1 if name.startswith("llr") or baselines.larger_is_ood(name) else -1
 
 
 def score_set(trained: TrainedModel, images: np.ndarray, settings: EvalSettings, out_dir: str,
-              tag: str) -> dict[str, np.ndarray]:
-  """Scores of one data set, from the cache in `out_dir` if computed with the same settings."""
+              tag: str, timings: Optional[dict] = None) -> dict[str, np.ndarray]:
+  """Scores of one data set, from the cache in `out_dir` if computed with the same settings.
+
+  With `timings`, sets `timings[tag]` to the seconds the scoring took (when it was computed,
+  also for a cache hit; None if the cache does not say).
+  """
   cache = os.path.join(out_dir, f"scores_{tag}.npz")
   key = settings.cache_tag(trained.path)
   if os.path.exists(cache):
     with np.load(cache) as f:
       if str(f["_settings"]) == key:
+        if timings is not None:
+          timings[tag] = float(f["_seconds"]) if "_seconds" in f.files else None
         return {k: f[k] for k in f.files if not k.startswith("_")}
   t0 = time.time()
   s = trained.score(images, ks=settings.ks, iw_samples=settings.iw_samples_elbo,
@@ -56,6 +66,8 @@ def score_set(trained: TrainedModel, images: np.ndarray, settings: EvalSettings,
                     seed=settings.seed, progress=True, desc=tag)
   s["_seconds"] = np.asarray(time.time() - t0)
   np.savez(cache, _settings=key, **s)
+  if timings is not None:
+    timings[tag] = float(s["_seconds"])
   s.pop("_seconds")
   return s
 
@@ -75,24 +87,41 @@ def run(trained: TrainedModel, in_name: str, in_test: np.ndarray, in_train: np.n
   `in_train` (a subset of the in-distribution training split) serves three label-free
   purposes: the paper's train-vs-test sanity check (AUROC ~ 0.5), an honest choice of k
   without OOD labels, and the decision threshold at `threshold_tpr` acceptance.
-  `extra_scores(tag, images)` may add more per-example scores (larger = more OOD).
+  `extra_scores(tag, images)` may add more per-example scores (larger = more OOD, or see
+  `orientation`); an entry '_seconds:<name>' (a scalar) gives the seconds <name> cost on that
+  set, and an `extra_scores.settings` dict is recorded as results['extra_scores_settings'].
+  Every score's throughput (examples/s over all sets, scoring time including compilation) is
+  recorded as results['examples_per_s'].
   """
   os.makedirs(out_dir, exist_ok=True)
   sets = {f"{in_name}_test": limit(in_test, settings.max_examples, settings.seed),
           f"{in_name}_train": limit(in_train, settings.max_examples, settings.seed)}
   sets.update({f"{name}_test": limit(x, settings.max_examples, settings.seed)
                for name, x in ood_sets.items()})
-  scores = {}
+  scores, timings = {}, {}
+  seconds: dict[str, list] = {}  # name -> [seconds, examples], None seconds if unknown
   for tag, x in sets.items():
-    scores[tag] = score_set(trained, x, settings, out_dir, tag)
+    scores[tag] = score_set(trained, x, settings, out_dir, tag, timings)
+    costs = {n: timings[tag] for n in scores[tag] if not n.endswith("_bpd")}
     if extra_scores is not None:
-      scores[tag].update(extra_scores(tag, x))
+      extra = dict(extra_scores(tag, x))
+      for k in [k for k in extra if k.startswith("_seconds:")]:
+        costs[k.split(":", 1)[1]] = float(extra.pop(k))
+      scores[tag].update(extra)
+    for n, t in costs.items():
+      acc = seconds.setdefault(n, [0.0, 0])
+      acc[0] = None if acc[0] is None or t is None else acc[0] + t
+      acc[1] += len(x)
 
   in_test_s, in_train_s = scores[f"{in_name}_test"], scores[f"{in_name}_train"]
   names = [n for n in in_test_s if not n.endswith("_bpd")]
   orient = {n: orientation(n) for n in names}
   results = {"settings": dataclasses.asdict(settings), "model": trained.path,
              "in_distribution": in_name, "bits_per_dim": {}, "ood": {}}
+  if extra_scores is not None and isinstance(getattr(extra_scores, "settings", None), dict):
+    results["extra_scores_settings"] = extra_scores.settings
+  results["examples_per_s"] = {n: (seconds[n][1] / seconds[n][0]) if seconds.get(n) and
+                               seconds[n][0] else None for n in names}
   for tag, s in scores.items():
     results["bits_per_dim"][tag] = {n: float(np.mean(v)) for n, v in s.items() if n.endswith("_bpd")}
 
@@ -149,9 +178,12 @@ def markdown_report(results: dict) -> str:
     lines += [f"## {in_name} -> {ood_name} (paper Table 2), OOD = positive class", "",
               f"k by best AUROC (oracle, as the paper): `{res['k_best_auroc']}`; "
               f"k chosen without OOD labels: `{res['k_unsupervised']}`", ""]
-    rows = [{"score": n, "AUROC": m["auroc"], "AUPRC": m["auprc"], "FPR80": m["fpr80"]}
+    speed = results.get("examples_per_s", {})
+    rows = [{"score": n, "AUROC": m["auroc"], "AUPRC": m["auprc"], "FPR80": m["fpr80"],
+             "examples/s": None if speed.get(n) is None else f"{speed[n]:.1f}"}
             for n, m in res["metrics"].items()]
-    lines += [metrics.markdown_table(rows, ["score", "AUROC", "AUPRC", "FPR80"]), ""]
+    lines += [metrics.markdown_table(rows, ["score", "AUROC", "AUPRC", "FPR80", "examples/s"]),
+              ""]
   lines += ["## Sanity check: in-distribution train vs test (should be ~0.5)", ""]
   rows = [{"score": n, "AUROC": m["auroc"]} for n, m in results["train_vs_test"].items()]
   lines += [metrics.markdown_table(rows, ["score", "AUROC"]), ""]

@@ -216,9 +216,9 @@ class ResBlock(nn.Module):
 
   `conv2` carries the stride (transposed in the generative path). `aux` of any spatial size
   is resampled to conv1's output with a strided or transposed conv, or a 1x1 conv when only
-  the channels differ. Like the reference (hvae-oodd's ResBlockConv2d), an aux input that
-  already has conv1's output shape is not used: the skip connections act where the
-  resolution changes. `residual=False` (first block of a stage fed directly by data or a
+  the channels differ. An aux input that already has conv1's output shape goes through a 1x1
+  conv when `same_shape_aux=True` (biva-pytorch) and is dropped otherwise, as hvae-oodd's
+  ResBlockConv2d does (its skip connections act only where the resolution changes). `residual=False` (first block of a stage fed directly by data or a
   latent) skips both the input activation and the residual sum, as the reference does.
   """
   features: int
@@ -229,6 +229,7 @@ class ResBlock(nn.Module):
   activation: str = "relu"
   upsample: str = "transpose"
   dtype: jnp.dtype = jnp.float32
+  same_shape_aux: bool = False
 
   @nn.compact
   def __call__(self, x: Array, aux: Optional[Array] = None) -> Array:
@@ -241,7 +242,7 @@ class ResBlock(nn.Module):
         a = conv(self.features, self.kernel_size, ah // yh, False, "aux")(act(aux))
       elif ah < yh:
         a = conv(self.features, self.kernel_size, yh // ah, True, "aux")(act(aux))
-      elif aux.shape[-1] != self.features:
+      elif aux.shape[-1] != self.features or self.same_shape_aux:
         a = conv(self.features, 1, 1, False, "aux")(act(aux))
       else:
         a = None

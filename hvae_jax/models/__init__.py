@@ -20,11 +20,12 @@ def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, 
   common = dict(image_shape=tuple(int(v) for v in image_shape), likelihood=m.likelihood,
                 num_mix=m.num_mix, activation=m.activation, latent_kernel=m.latent_kernel,
                 upsample=m.upsample, skip_mode=m.skip_mode, dtype=_DTYPES[m.dtype])
+  common.update(blocks=_as_tuple(m.blocks), latents=_as_tuple(m.latents))
   if m.name == "hvae":
-    return HVAE(blocks=_as_tuple(m.blocks), latents=_as_tuple(m.latents), **common)
+    return HVAE(**common)
   if m.name == "biva":
     from hvae_jax.models.biva import BIVA  # pylint: disable=import-outside-toplevel
-    return BIVA.from_config(m, **common)
+    return BIVA(conditional_bu=m.biva_conditional_bu, **common)
   raise ValueError(f"Unknown model {m.name!r}; use 'hvae' or 'biva'.")
 
 

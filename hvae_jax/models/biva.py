@@ -30,7 +30,7 @@ Where hvae-oodd's code departs from biva-pytorch and BIVA as published, we follo
 so that every connection above acts: hvae-oodd's blocks drop an aux input that has their own
 shape (the TD merge would then ignore the top-down state, and most skips would vanish), and
 its intermediate stages drop the BU skip input (an inverted `skip_stochastic` test). Here, as
-in biva-pytorch, a same-resolution aux input enters through a 1x1 conv (`BivaResBlock`). The
+in biva-pytorch, a same-resolution aux input enters through a 1x1 conv (`ResBlock(same_shape_aux=True)`). The
 generative stacks mirror the inference ones (reversed, as biva-pytorch and our HVAE).
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from hvae_jax import distributions as dist
-from hvae_jax.layers import WNConv, _match_residual, get_activation
+from hvae_jax.layers import ResBlock
 from hvae_jax.models.common import (AsFeatureMap, Gaussian, GaussianLatent, Likelihood,
                                     ModelOutput, network_input, standard_normal,
                                     use_prior_mask)
@@ -51,51 +51,6 @@ from hvae_jax.models.hvae import stage_feature_shapes
 
 Array = jax.Array
 BlockSpec = tuple[int, int, int]
-
-
-def _as_tuple(x):
-  return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-class BivaResBlock(nn.Module):
-  """`layers.ResBlock` (same parameters and names), except that an aux input always acts.
-
-  y = conv2(act(conv1(act(x)) + aux_op(act(aux)))) + residual(x)
-
-  aux_op is a strided (aux larger) or transposed (aux smaller) conv with the block's kernel,
-  or a 1x1 conv at the same resolution, even when aux already has conv1's output shape
-  (where ResBlock, like hvae-oodd, drops it). This is biva-pytorch's GatedResNet, ungated.
-  """
-  features: int
-  kernel_size: int
-  stride: int = 1
-  transposed: bool = False
-  residual: bool = True
-  activation: str = "relu"
-  upsample: str = "transpose"
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array, aux: Optional[Array] = None) -> Array:
-    act = get_activation(self.activation)
-    conv = lambda f, k, s, t, name: WNConv(f, k, s, t, self.upsample, self.dtype, name=name)
-    f, k = self.features, self.kernel_size
-    y = conv(f, k, 1, False, "conv1")(act(x) if self.residual else x)
-    if aux is not None:
-      ah, yh = aux.shape[1], y.shape[1]
-      if ah > yh:
-        a = conv(f, k, ah // yh, False, "aux")(act(aux))
-      elif ah < yh:
-        a = conv(f, k, yh // ah, True, "aux")(act(aux))
-      else:
-        a = conv(f, 1, 1, False, "aux")(act(aux))
-      y = y + a
-    y = conv(f, k, self.stride, self.transposed, "conv2")(act(y))
-    if self.residual:
-      r = _match_residual(x, y.shape, self.stride, self.transposed)
-      if r is not None:
-        y = y + r.astype(y.dtype)
-    return y
 
 
 @flax.struct.dataclass
@@ -148,17 +103,6 @@ class BIVA(nn.Module):
   conditional_bu: bool = False
   dtype: Any = jnp.float32
 
-  @classmethod
-  def from_config(cls, model_config, **common) -> "BIVA":
-    """From `config.model` (blocks, latents; optional biva_conditional_bu) and the common kwargs."""
-    conditional_bu = bool(model_config.get("biva_conditional_bu", False))
-    return cls(blocks=_as_tuple(model_config.blocks), latents=_as_tuple(model_config.latents),
-               conditional_bu=conditional_bu, **common)
-
-  @property
-  def num_layers(self) -> int:
-    return len(self.blocks)
-
   @property
   def latent_layers(self) -> tuple[int, ...]:
     """Layer (1 = lowest) of each KL entry: (1, 1, 2, 2, ..., L-1, L-1, L)."""
@@ -176,9 +120,9 @@ class BIVA(nn.Module):
     if self.skip_mode not in ("mean", "sample"):
       raise ValueError(f"skip_mode must be 'mean' or 'sample', got {self.skip_mode!r}.")
     self.feature_shapes = shapes = stage_feature_shapes(self.image_shape, self.blocks)
-    block = lambda spec, transposed=False, residual=True, stride=None: BivaResBlock(
+    block = lambda spec, transposed=False, residual=True, stride=None: ResBlock(
         spec[0], spec[1], spec[2] if stride is None else stride, transposed, residual,
-        self.activation, self.upsample, self.dtype)
+        self.activation, self.upsample, self.dtype, same_shape_aux=True)
     latent = lambda spec: GaussianLatent(spec[0], spec[1], self.latent_kernel, self.dtype)
     # Inference: the first block of stage 1 sees the raw image (no residual, as the reference).
     inference_stack = lambda i, stage: [block(spec, residual=i > 0 or j > 0)

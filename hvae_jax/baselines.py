@@ -1,0 +1,565 @@
+"""Competing OOD scores (the baselines of Havtorn et al. 2021, Table 2) for our HVAE/BIVA.
+
+Every score is a per-example array oriented so that LARGER = MORE OOD, as `evaluation.run`
+expects (`larger_is_ood` tells `evaluation.orientation` so). Rows and what they compute, with
+log p̂(x) the importance-weighted bound `ood.iw_bounds(k=0)` with S samples (S = 1: the ELBO):
+
+  iw_nll          -log p̂(x)                                      (IW log-likelihood)
+  typicality      | -log p̂(x) - Ĥ |, Ĥ = mean -log p̂ on in-distribution training data
+                                                                  (Nalisnick et al. 2019)
+  typicality_batch | mean_{batch of M} -log p̂ - Ĥ |, per example: the score of its batch
+  complexity_png  S(x) = bpd_model(x) - L(x), L = PNG length in bits/dim (Serrà et al. 2020)
+  bg_llr          log p̂_background(x) - log p̂_model(x)          (Ren et al. 2019)
+  neg_waic        -(E_θ[log p̂(x|θ)] - Var_θ[log p̂(x|θ)])         (Choi et al. 2018)
+  regret          log p̂(x; φ*(x)) - log p̂(x; φ), φ* = encoder refit to x (Xiao et al. 2020)
+
+The model-based pieces are pure jax functions, vectorised over the batch and jitted once per
+batch shape; `BaselineScorer` runs them over whole data sets (padded batches, like
+`TrainedModel.score`) and is what `evaluate.py --scores=...` passes to `evaluation.run` as
+`extra_scores`. It also reports each score's cost (`_seconds:<name>` entries) and caches its
+results in the evaluation output folder.
+
+FLIF (the compressor Serrà et al. found best) is not offered: no FLIF binding is installable
+from PyPI here (`pip download` finds no 'flif', 'pyflif', 'python-flif', 'flifpy' or
+'pillow-flif'; Pillow and imagecodecs have no FLIF codec). PNG via Pillow is used instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hvae_jax import objectives, ood
+
+if TYPE_CHECKING:  # api imports checkpoints/orbax: keep this module light for train_lib
+  from hvae_jax.api import TrainedModel
+
+Array = jax.Array
+
+# Score families `--scores` accepts, and the rows each one writes.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "iw_nll": ("iw_nll",),
+    "typicality": ("typicality", "typicality_batch"),
+    "complexity": ("complexity_png",),
+    "bg_llr": ("bg_llr",),
+    "waic": ("neg_waic",),
+    "regret": ("regret",),
+}
+SCORE_NAMES: tuple[str, ...] = tuple(n for rows in FAMILIES.values() for n in rows)
+# Top-level parameter names of the inference network: HVAE q_blocks/q_latents/q_proj; BIVA
+# also bu_proj (projects z^BU up the inference path) and td_merge (TD posterior input).
+ENCODER_PREFIXES: tuple[str, ...] = ("q_", "bu_proj_", "td_merge_")
+
+
+def larger_is_ood(name: str) -> bool:
+  """True for the rows of this module (all oriented larger = more OOD)."""
+  return name in SCORE_NAMES
+
+
+# ----------------------------------------------------------------------------------------------
+# Likelihood estimates (shared by most scores)
+
+
+def log_likelihood(model: nn.Module, params: Any, x: Array, key: Array, iw_samples: int = 1,
+                   chunk_size: int = 16) -> Array:
+  """`[batch]` log p̂(x) in nats: the IW bound log (1/S) sum_s exp(L_s^{>0}) (Burda et al.
+  2016), i.e. `ood.iw_bounds` with k = 0; S = 1 gives the ELBO. `x` `[batch, H, W, C]`."""
+  return ood.iw_bounds(model, params, x, key, (0,), iw_samples, chunk_size)[0]
+
+
+def iw_nll(model: nn.Module, params: Any, x: Array, key: Array, iw_samples: int,
+           chunk_size: int = 16) -> Array:
+  """`[batch]` importance-weighted negative log-likelihood -log p̂_S(x) (nats); the score
+  of the plain likelihood test (Bishop 1994), larger = more OOD."""
+  return -log_likelihood(model, params, x, key, iw_samples, chunk_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Typicality test (Nalisnick, Matsukawa, Teh & Lakshminarayanan 2019)
+
+
+def typicality(nll: Array, entropy: float) -> Array:
+  """`[N]` per-example typicality score |-log p(x) - Ĥ| (Nalisnick et al. 2019, eq. 4 with
+  M = 1), where Ĥ ≈ H[p] is the mean -log p over in-distribution training data."""
+  return jnp.abs(jnp.asarray(nll) - entropy)
+
+
+def batch_groups(n: int, batch: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Random batches for the batch-level test: `(members, batch_indices)` pairs over 0..n-1.
+
+  A seeded permutation is cut into n // batch disjoint batches (members = the batch). The
+  n % batch left-over indices are the members of one more batch, filled up to `batch` with
+  indices drawn (seeded, without repeats) from the others, which only enter its mean. So every
+  index is a member of exactly one batch and every batch has `batch` elements (one batch of
+  all n when n <= batch).
+  """
+  if batch < 1:
+    raise ValueError(f"typicality batch size must be >= 1, got {batch}.")
+  rng = np.random.default_rng(seed)
+  perm = rng.permutation(n)
+  if n <= batch:
+    return [(perm, perm)]
+  nb = n // batch
+  groups = [(g, g) for g in perm[:nb * batch].reshape(nb, batch)]
+  rest = perm[nb * batch:]
+  if rest.size:
+    fill = rng.choice(perm[:nb * batch], batch - rest.size, replace=False)
+    groups.append((rest, np.concatenate([rest, fill])))
+  return groups
+
+
+def batch_typicality(nll: np.ndarray, entropy: float, batch: int, seed: int = 0) -> np.ndarray:
+  """`[N]` batch-level typicality test (Nalisnick et al. 2019, eq. 4):
+  |(1/M) sum_{m=1}^M -log p(x_m) - Ĥ| over random batches of M = `batch` examples of the
+  same set (`batch_groups`). Each example gets the score of the batch it is a member of, so
+  the per-example AUROC is the batch-level AUROC with batches weighted by their member count
+  (all M except the one left-over batch). M = 1 is the per-example `typicality`."""
+  nll = np.asarray(nll, np.float64)
+  out = np.empty(nll.shape, np.float32)
+  for members, idx in batch_groups(len(nll), batch, seed):
+    out[members] = abs(float(nll[idx].mean()) - entropy)
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Input complexity (Serrà, Álvarez, Gómez, Slizovskaia, Núñez & Luque 2020)
+
+
+def png_bits_per_dim(images: np.ndarray, compress_level: int = 9) -> np.ndarray:
+  """`[N]` L(x): length in bits per dimension of each image as a PNG file (Pillow,
+  `compress_level`), header included, as Serrà et al. (and Xiao et al.'s code) do.
+
+  `images` `[N, H, W, C]`: float {0, 1} (binarized model input) is written as a 1-bit PNG
+  (mode '1'), integer pixels as 8-bit greyscale ('L', C = 1) or RGB ('RGB', C = 3).
+  D = H * W * C.
+  """
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  x = np.asarray(images)
+  if x.ndim != 4 or x.shape[-1] not in (1, 3):
+    raise ValueError(f"images must be [N, H, W, 1 or 3], got {x.shape}.")
+  binary = np.issubdtype(x.dtype, np.floating) or x.dtype == bool
+  if binary and x.size and not np.all((x == 0) | (x == 1)):
+    raise ValueError("float images must be binary {0, 1} (the binarized model input).")
+  dims = math.prod(x.shape[1:])
+  out = np.empty((len(x),), np.float32)
+  for i, img in enumerate(x):
+    if binary:
+      pil = Image.fromarray(img[..., 0].astype(bool))  # mode '1'
+    elif x.shape[-1] == 1:
+      pil = Image.fromarray(img[..., 0].astype(np.uint8), mode="L")
+    else:
+      pil = Image.fromarray(img.astype(np.uint8), mode="RGB")
+    with io.BytesIO() as f:
+      pil.save(f, format="PNG", compress_level=compress_level)
+      out[i] = 8.0 * f.getbuffer().nbytes / dims
+  return out
+
+
+def input_complexity(model_bpd: Array, complexity_bpd: Array) -> Array:
+  """`[N]` Serrà et al. (2020, eq. 2): S(x) = -ℓ_M(x) - L(x), where ℓ_M(x) = log2 p_M(x)
+  is the model's log-likelihood and L(x) = -log2 p_0(x) the compressed length, both per
+  dimension; so S(x) = bpd_M(x) - L(x) = log2 [p_0(x) / p_M(x)] / D with bpd_M the model's
+  bits/dim (-log2 p̂_M / D >= 0). Larger S = the model explains x worse than a generic
+  compressor = more OOD (Serrà et al. use S directly as the OOD score)."""
+  return jnp.asarray(model_bpd) - jnp.asarray(complexity_bpd)
+
+
+# ----------------------------------------------------------------------------------------------
+# Likelihood ratio against a background model (Ren et al. 2019)
+
+
+def background_llr(log_p_model: Array, log_p_background: Array) -> Array:
+  """`[N]` -LLR(x) = -(log p_model(x) - log p_background(x)) (Ren et al. 2019, eq. 5 with the
+  sign flipped so that larger = more OOD); the background model is trained on inputs
+  perturbed by `perturb_images` and captures the population-level background statistics."""
+  return jnp.asarray(log_p_background) - jnp.asarray(log_p_model)
+
+
+def perturb_images(images_uint8: np.ndarray, rate: float, seed: int) -> np.ndarray:
+  """Ren et al. (2019)'s input perturbation: each pixel value (each channel) is replaced, with
+  probability `rate` (their mu), by a uniform draw from {0, ..., 255}. Seeded numpy, uint8
+  in and out. For greyscale data the model's binarization then turns a replaced pixel into a
+  fair random bit (Bernoulli(U/255) with U uniform is Bernoulli(1/2))."""
+  x = np.asarray(images_uint8)
+  if x.dtype != np.uint8:
+    raise TypeError(f"perturb_images expects uint8 pixels, got {x.dtype}.")
+  if not 0.0 <= rate <= 1.0:
+    raise ValueError(f"perturbation rate must lie in [0, 1], got {rate}.")
+  rng = np.random.default_rng(seed)
+  mask = rng.random(x.shape, dtype=np.float32) < rate
+  noise = rng.integers(0, 256, x.shape, dtype=np.uint8)
+  return np.where(mask, noise, x)
+
+
+def perturb_model_input(x: Array, key: Array, rate: float) -> Array:
+  """Ren et al.'s perturbation on model input, fresh per call (jittable): with probability
+  `rate` each value becomes a fair random bit (float binarized input) or a uniform uint8
+  (integer input). For a train step: x = perturb_model_input(x, key, rate)."""
+  k_mask, k_val = jax.random.split(key)
+  mask = jax.random.uniform(k_mask, x.shape) < rate
+  if jnp.issubdtype(x.dtype, jnp.integer):
+    noise = jax.random.randint(k_val, x.shape, 0, 256).astype(x.dtype)
+  else:
+    noise = jax.random.bernoulli(k_val, 0.5, x.shape).astype(x.dtype)
+  return jnp.where(mask, noise, x)
+
+
+def write_perturbed_dataset(name: str, splits: Sequence[str], rate: float, seed: int,
+                            out_dir: str, data_dir: Optional[str] = None,
+                            source: str = "auto") -> str:
+  """Writes `{out_dir}/{name}.npz` holding `perturb_images` of each split (seed + split index)
+  and returns `out_dir`: train a background model on it with the unchanged training code by
+  setting config.data.data_dir = out_dir and config.data.source = 'npz'. An existing archive
+  made with the same settings is reused. The perturbation is drawn once per image (the
+  training loop's binarization stays fresh each step); see `perturb_model_input` for the
+  per-step variant, which needs a hook in train_lib."""
+  from hvae_jax import data  # pylint: disable=import-outside-toplevel
+  spec = data.get_spec(name)
+  if spec.npz_file is None:
+    raise ValueError(f"dataset {name!r} has no npz archive name; cannot write a perturbed copy.")
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, spec.npz_file)
+  meta = json.dumps({"name": name, "splits": list(splits), "rate": rate, "seed": seed},
+                    sort_keys=True)
+  if os.path.exists(path):
+    with np.load(path) as f:
+      if "_perturbation" in f.files and str(f["_perturbation"]) == meta:
+        return out_dir
+  arrays = {f"{s}_images": perturb_images(data.load_images(name, s, data_dir, source), rate,
+                                          seed + i) for i, s in enumerate(splits)}
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, _perturbation=meta, **arrays)
+  os.replace(tmp, path)
+  return out_dir
+
+
+# ----------------------------------------------------------------------------------------------
+# WAIC over an ensemble (Choi, Jang & Alemi 2018)
+
+
+def waic(log_ps: Array) -> Array:
+  """`[N]` WAIC(x) = E_θ[log p(x|θ)] - Var_θ[log p(x|θ)] from `log_ps` `[M, N]` of M
+  independently trained models (Choi et al. 2018, eq. 1); mean and (population, ddof = 0)
+  variance over the ensemble's empirical distribution of θ. Lower WAIC = more OOD."""
+  lp = jnp.asarray(log_ps)
+  return jnp.mean(lp, axis=0) - jnp.var(lp, axis=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Likelihood regret (Xiao, Yan & Amit 2020)
+
+
+def is_encoder_param(name: str) -> bool:
+  """Whether a top-level parameter collection belongs to the inference network q(z|x)."""
+  return name.startswith(ENCODER_PREFIXES)
+
+
+def split_encoder(params: Mapping[str, Any]) -> tuple[dict, dict]:
+  """`(encoder, decoder)` top-level parameter dicts; `{**decoder, **encoder}` is `params`."""
+  enc = {k: v for k, v in params.items() if is_encoder_param(k)}
+  dec = {k: v for k, v in params.items() if not is_encoder_param(k)}
+  if not enc:
+    raise ValueError(f"no inference-network parameters (names starting with {ENCODER_PREFIXES})"
+                     f" among {sorted(params)}.")
+  return enc, dec
+
+
+def regret_one(model: nn.Module, params: Any, x1: Array, key: Array, steps: Any, lr: float,
+               iw_samples: int = 1, chunk_size: int = 16) -> tuple[Array, Array, Array]:
+  """Likelihood regret of ONE example `x1` `[1, H, W, C]` (Xiao et al. 2020, eq. 3).
+
+  Starting from the trained encoder φ, Adam(`lr`) takes `steps` steps on -ELBO(x1) (one
+  fresh posterior sample per step, β = 1, no free bits) over the encoder parameters only,
+  the decoder θ fixed: φ*(x1). Returns scalars (regret, before, after) with
+  before = log p̂(x1; φ, θ), after = log p̂(x1; φ*, θ) (`log_likelihood` with `iw_samples`,
+  the same samples for both: 0 steps give 0 up to float rounding, as the batched and
+  unbatched convolutions may round differently) and regret = after - before. `steps` may be
+  a traced integer (one compilation serves every step count).
+  """
+  enc0, dec = split_encoder(params)
+  tx = optax.adam(lr)
+  k_opt, k_eval = jax.random.split(key)
+
+  def neg_elbo(enc, k):
+    return -objectives.bound(model.apply({"params": {**dec, **enc}}, x1, k))[0]
+
+  def step(i, carry):
+    enc, opt_state = carry
+    grads = jax.grad(neg_elbo)(enc, jax.random.fold_in(k_opt, i))
+    updates, opt_state = tx.update(grads, opt_state, enc)
+    return optax.apply_updates(enc, updates), opt_state
+
+  enc, _ = jax.lax.fori_loop(0, steps, step, (enc0, tx.init(enc0)))
+  before = log_likelihood(model, params, x1, k_eval, iw_samples, chunk_size)[0]
+  after = log_likelihood(model, {**dec, **enc}, x1, k_eval, iw_samples, chunk_size)[0]
+  return after - before, before, after
+
+
+def likelihood_regret(model: nn.Module, params: Any, x: Array, key: Array, steps: Any,
+                      lr: float, iw_samples: int = 1, chunk_size: int = 16
+                      ) -> tuple[Array, Array, Array]:
+  """`[batch]` (regret, before, after) for `x` `[batch, H, W, C]`: `regret_one` vmapped over
+  the examples, each with its own copy of the encoder parameters and Adam state and key
+  `jax.random.split(key, batch)[i]`; larger regret = more OOD. Memory grows with
+  batch x (encoder size x 3), so use small batches for big models."""
+  keys = jax.random.split(key, x.shape[0])
+  one = lambda xi, ki: regret_one(model, params, xi[None], ki, steps, lr, iw_samples, chunk_size)
+  return jax.vmap(one)(x, keys)
+
+
+def make_loglik_fn(model: nn.Module, iw_samples: int, chunk_size: int = 16) -> Callable:
+  """Jitted `fn(params, x, key) -> [batch]` `log_likelihood`; params are an argument, so
+  models of one architecture (ensembles) share the compilation."""
+  return jax.jit(lambda params, x, key: log_likelihood(model, params, x, key, iw_samples,
+                                                       chunk_size))
+
+
+def make_regret_fn(model: nn.Module, lr: float, iw_samples: int = 1,
+                   chunk_size: int = 16) -> Callable:
+  """Jitted `fn(params, x, key, steps) -> (regret, before, after)`, each `[batch]`
+  (`likelihood_regret`); `steps` is traced, so any step count reuses the compilation."""
+  return jax.jit(lambda params, x, key, steps: likelihood_regret(
+      model, params, x, key, steps, lr, iw_samples, chunk_size))
+
+
+# ----------------------------------------------------------------------------------------------
+# Running the scores over data sets
+
+
+def parse_scores(spec: str) -> tuple[str, ...]:
+  """`--scores` value -> score families. 'paper' (or '') = none beyond ELBO/L^{>k}/LLR;
+  'all' = every family; else a comma list of family or row names (and optionally 'paper')."""
+  items = [s.strip() for s in (spec or "").split(",") if s.strip()]
+  if "all" in items:
+    return tuple(FAMILIES)
+  row_to_family = {row: fam for fam, rows in FAMILIES.items() for row in rows}
+  out = []
+  for s in items:
+    if s == "paper":
+      continue
+    fam = s if s in FAMILIES else row_to_family.get(s)
+    if fam is None:
+      raise ValueError(f"unknown score {s!r} in --scores; choose 'paper', 'all' or from "
+                       f"{sorted(FAMILIES)}.")
+    if fam not in out:
+      out.append(fam)
+  return tuple(out)
+
+
+def reference_indices(n_train: int, n_eval: int, n_ref: int, seed: int) -> np.ndarray:
+  """Indices of the typicality reference set in the training split: `n_ref` of them, seeded,
+  disjoint from the `n_eval` that `evaluation.limit(train, n_eval, seed)` scores as the
+  in-distribution train set (this mirrors its draw); all training images if n_eval < 0."""
+  all_idx = np.arange(n_train)
+  if 0 <= n_eval < n_train:
+    used = np.random.default_rng(seed).choice(n_train, n_eval, replace=False)
+    all_idx = np.setdiff1d(all_idx, used)
+  if n_ref < 0 or n_ref >= len(all_idx):
+    return all_idx
+  return np.sort(np.random.default_rng([seed, 1]).choice(all_idx, n_ref, replace=False))
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineOptions:
+  """Settings of the baseline scores (see `evaluate.py --help` for the flags)."""
+  families: tuple[str, ...] = tuple(FAMILIES)
+  iw_samples: int = 100  # S of log p̂(x) in every likelihood-based score
+  chunk_size: int = 16
+  batch_size: int = 250
+  typicality_batch: int = 10  # M of the batch-level typicality test
+  regret_steps: int = 100  # Xiao et al.: 100 Adam steps, lr 2e-4
+  regret_lr: float = 2e-4
+  regret_batch_size: int = 32  # examples refit at once (each with its own encoder copy)
+  regret_iw_samples: int = 1  # S of the before/after bounds (1: the ELBO difference)
+  seed: int = 0
+
+
+class BaselineScorer:
+  """`extra_scores` for `evaluation.run`: `scorer(tag, images_uint8)` -> {row: [N] scores,
+  '_seconds:<row>': seconds, plus 'iw_bpd'/'png_bpd' bits/dim}.
+
+  `trained`'s `model_inputs` (its fixed binarization) feeds every model, so the background
+  and ensemble models score the very same inputs. The ensemble for WAIC is `trained` plus
+  `ensemble` (same data and architecture). `reference_images` (in-distribution training
+  images, uint8) give Ĥ for the typicality test. Seconds per row count everything that row
+  needs on that set (shared log p̂ passes included, compilation included; the one-off Ĥ pass
+  excluded). With `cache_dir`, results are stored per set as baselines_<tag>.npz and reused
+  when the settings, models and images are the same.
+  """
+
+  def __init__(self, trained: "TrainedModel", options: BaselineOptions,
+               background: Optional["TrainedModel"] = None,
+               ensemble: Sequence["TrainedModel"] = (),
+               reference_images: Optional[np.ndarray] = None,
+               cache_dir: Optional[str] = None):
+    self.trained, self.options = trained, options
+    self.background, self.ensemble = background, list(ensemble)
+    self.reference_images, self.cache_dir = reference_images, cache_dir
+    fams = options.families
+    unknown = [f for f in fams if f not in FAMILIES]
+    if unknown:
+      raise ValueError(f"unknown score families {unknown}; choose from {sorted(FAMILIES)}.")
+    if "bg_llr" in fams and background is None:
+      raise ValueError("bg_llr needs a background model: pass --background_checkpoint (train "
+                       "one with scripts/train_background.py).")
+    if "waic" in fams and not self.ensemble:
+      raise ValueError("waic needs an ensemble: pass --ensemble_checkpoints with at least one "
+                       "more independently trained model of the same architecture.")
+    if "typicality" in fams and (reference_images is None or len(reference_images) == 0):
+      raise ValueError("typicality needs in-distribution training images for Ĥ.")
+    for other, what in [(background, "background")] + [(m, "ensemble") for m in self.ensemble]:
+      if other is None:
+        continue
+      if other.image_shape != trained.image_shape or other.kind != trained.kind:
+        raise ValueError(f"{what} model {other.path} takes {other.kind} images of shape "
+                         f"{other.image_shape}, the scored model {trained.kind} "
+                         f"{trained.image_shape}.")
+    for m in self.ensemble:
+      if m.model != trained.model or m.config.data.name != trained.config.data.name:
+        raise ValueError(f"ensemble model {m.path} differs from {trained.path} in architecture "
+                         f"or training data; WAIC needs independently seeded copies of one "
+                         f"model.")
+    self._fns: dict = {}
+    self._entropy: Optional[float] = None
+
+  @property
+  def settings(self) -> dict:
+    """What evaluation.run records in results.json next to its own settings."""
+    d = dataclasses.asdict(self.options)
+    d.update(background=self.background.path if self.background else None,
+             ensemble=[self.trained.path] + [m.path for m in self.ensemble],
+             typicality_entropy_nats=self._entropy,
+             reference_examples=None if self.reference_images is None
+             else len(self.reference_images))
+    return d
+
+  # -- jitted building blocks, one compilation per (architecture, batch shape) --
+
+  def _loglik_fn(self, model) -> Callable:
+    sig = ("loglik", model)
+    if sig not in self._fns:
+      self._fns[sig] = make_loglik_fn(model, self.options.iw_samples, self.options.chunk_size)
+    return self._fns[sig]
+
+  def _regret_fn(self) -> Callable:
+    o = self.options
+    if "regret" not in self._fns:
+      fn = make_regret_fn(self.trained.model, o.regret_lr, o.regret_iw_samples, o.chunk_size)
+      steps = jnp.asarray(o.regret_steps, jnp.int32)
+      self._fns["regret"] = lambda params, x, key: fn(params, x, key, steps)
+    return self._fns["regret"]
+
+  def _batched(self, fn: Callable, params: Any, x: np.ndarray, batch_size: int,
+               salt: int = 0) -> tuple[Any, float]:
+    """Runs `fn(params, xb, key)` over padded batches; returns (numpy outputs, seconds).
+    Batch i uses fold_in(key(seed + salt), i), the key scheme of `TrainedModel.score`."""
+    t0 = time.time()
+    bs = max(1, min(batch_size, len(x)))
+    key = jax.random.key(self.options.seed + salt)
+    parts = []
+    for i in range(0, len(x), bs):
+      xb = x[i:i + bs]
+      m = len(xb)
+      if m < bs:
+        xb = np.concatenate([xb, np.repeat(xb[-1:], bs - m, 0)])
+      out = jax.tree_util.tree_map(lambda a, m=m: np.asarray(a)[:m],
+                                   fn(params, xb, jax.random.fold_in(key, i)))
+      parts.append(out)
+    out = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
+    return out, time.time() - t0
+
+  def log_likelihoods(self, trained: "TrainedModel", x: np.ndarray) -> tuple[np.ndarray, float]:
+    """`[N]` log p̂(x) (nats) of model input `x` under `trained`, and the seconds it took."""
+    return self._batched(self._loglik_fn(trained.model), trained.params, x,
+                         self.options.batch_size)
+
+  def entropy(self) -> float:
+    """Ĥ: mean -log p̂ over the reference (in-distribution training) images, computed once."""
+    if self._entropy is None:
+      x = self.trained.model_inputs(self.reference_images)
+      lp, _ = self._batched(self._loglik_fn(self.trained.model), self.trained.params, x,
+                            self.options.batch_size, salt=1)
+      self._entropy = float(-np.mean(lp.astype(np.float64)))
+    return self._entropy
+
+  # -- caching --
+
+  def _cache_key(self, tag: str, images: np.ndarray) -> str:
+    h = hashlib.sha1(np.ascontiguousarray(images).tobytes()).hexdigest()
+    ref = (hashlib.sha1(np.ascontiguousarray(self.reference_images).tobytes()).hexdigest()
+           if self.reference_images is not None else None)
+    d = {"options": dataclasses.asdict(self.options), "tag": tag, "images": h, "reference": ref,
+         "models": [os.path.abspath(m.path) for m in [self.trained, self.background,
+                                                       *self.ensemble] if m is not None]}
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+  def __call__(self, tag: str, images_uint8: np.ndarray) -> dict[str, np.ndarray]:
+    cache = os.path.join(self.cache_dir, f"baselines_{tag}.npz") if self.cache_dir else None
+    key = self._cache_key(tag, images_uint8) if cache else None
+    if cache and os.path.exists(cache):
+      with np.load(cache) as f:
+        if str(f["_settings"]) == key:
+          if "_entropy" in f.files:
+            self._entropy = float(f["_entropy"])
+          return {k: f[k] for k in f.files if k not in ("_settings", "_entropy")}
+    out = self.compute(images_uint8)
+    if cache:
+      os.makedirs(self.cache_dir, exist_ok=True)
+      extra = {"_entropy": np.asarray(self._entropy)} if self._entropy is not None else {}
+      np.savez(cache, _settings=key, **extra, **out)
+    return out
+
+  def compute(self, images_uint8: np.ndarray) -> dict[str, np.ndarray]:
+    """All selected scores of one set of raw images (uint8 `[N, H, W, C]`), uncached."""
+    o, fams = self.options, self.options.families
+    x = self.trained.model_inputs(images_uint8)
+    dims = math.prod(x.shape[1:])
+    out: dict[str, np.ndarray] = {}
+    sec: dict[str, float] = {}
+    lp, t_lp = None, 0.0
+    if any(f in fams for f in ("iw_nll", "typicality", "complexity", "bg_llr", "waic")):
+      lp, t_lp = self.log_likelihoods(self.trained, x)
+      out["iw_bpd"] = np.asarray(-lp / (dims * math.log(2.0)), np.float32)
+    if "iw_nll" in fams:
+      out["iw_nll"], sec["iw_nll"] = -lp, t_lp
+    if "typicality" in fams:
+      h = self.entropy()
+      out["typicality"] = np.asarray(typicality(-lp, h))
+      out["typicality_batch"] = batch_typicality(-lp, h, o.typicality_batch, o.seed)
+      sec["typicality"] = sec["typicality_batch"] = t_lp
+    if "complexity" in fams:
+      t0 = time.time()
+      png = png_bits_per_dim(x)
+      out["png_bpd"] = png
+      out["complexity_png"] = np.asarray(input_complexity(out["iw_bpd"], png))
+      sec["complexity_png"] = t_lp + time.time() - t0
+    if "bg_llr" in fams:
+      lp_bg, t_bg = self.log_likelihoods(self.background, x)
+      out["bg_llr"] = np.asarray(background_llr(lp, lp_bg))
+      sec["bg_llr"] = t_lp + t_bg
+    if "waic" in fams:
+      members, t_m = [lp], t_lp
+      for m in self.ensemble:
+        lp_m, t = self.log_likelihoods(m, x)
+        members.append(lp_m)
+        t_m += t
+      out["neg_waic"] = -np.asarray(waic(np.stack(members)))
+      sec["neg_waic"] = t_m
+    if "regret" in fams:
+      (reg, _, _), t_r = self._batched(self._regret_fn(), self.trained.params, x,
+                                       o.regret_batch_size, salt=2)
+      out["regret"], sec["regret"] = reg, t_r
+    out = {k: np.asarray(v, np.float32) for k, v in out.items()}
+    out.update({f"_seconds:{k}": np.asarray(v, np.float64) for k, v in sec.items()})
+    return out
