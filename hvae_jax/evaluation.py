@@ -94,8 +94,10 @@ def run(trained: TrainedModel, in_name: str, in_test: np.ndarray, in_train: np.n
   recorded as results['examples_per_s'].
   """
   os.makedirs(out_dir, exist_ok=True)
-  sets = {f"{in_name}_test": limit(in_test, settings.max_examples, settings.seed),
-          f"{in_name}_train": limit(in_train, settings.max_examples, settings.seed)}
+  in_test = limit(in_test, settings.max_examples, settings.seed)
+  # As many training images as test images: enough for the sanity check and the threshold.
+  sets = {f"{in_name}_test": in_test,
+          f"{in_name}_train": limit(in_train, len(in_test), settings.seed)}
   sets.update({f"{name}_test": limit(x, settings.max_examples, settings.seed)
                for name, x in ood_sets.items()})
   scores, timings = {}, {}
