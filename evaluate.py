@@ -2,6 +2,10 @@
 
   python evaluate.py --workdir=workdirs/fmnist --ood=mnist --iw_samples=250 --output=out/fmnist
 
+Add the paper's competing scores (hvae_jax/baselines.py) with --scores, e.g.
+  --scores=all --background_checkpoint=workdirs/fmnist_bg --ensemble_checkpoints=a,b,c,d
+('all' skips bg_llr / waic, with a note, when their checkpoints are not given).
+
 Writes results.json, results.md (tables shaped like the paper's), ROC and histogram PNGs, the
 calibrated threshold and per-example score caches into --output.
 """
@@ -25,8 +29,55 @@ flags.DEFINE_string("output", None, "Output folder (default: <checkpoint>/eval).
 flags.DEFINE_integer("max_examples", None, "Score at most this many images per data set.")
 flags.DEFINE_integer("batch_size", None, "Evaluation batch size.")
 flags.DEFINE_integer("seed", 0, "Seed for the samples and the equal-size subsampling.")
+flags.DEFINE_string("scores", "paper", "'paper' (ELBO, L^{>k}, LLR^{>k} only), 'all', or a comma "
+                    "list of baselines: iw_nll, typicality, complexity, bg_llr, waic, regret.")
+flags.DEFINE_string("background_checkpoint", None, "bg_llr: a model trained on perturbed inputs "
+                    "(scripts/train_background.py).")
+flags.DEFINE_list("ensemble_checkpoints", [], "waic: other independently seeded models of the same "
+                  "architecture and data; the ensemble is these plus the scored model.")
+flags.DEFINE_integer("baseline_iw_samples", 100, "Importance samples S of log p(x) in the "
+                     "likelihood-based baselines (iw_nll, typicality, complexity, bg_llr, waic).")
+flags.DEFINE_integer("typicality_batch", 10, "Batch size M of the batch-level typicality test.")
+flags.DEFINE_integer("regret_steps", 100, "Likelihood regret: Adam steps refitting the encoder.")
+flags.DEFINE_float("regret_lr", 2e-4, "Likelihood regret: Adam learning rate.")
 
 _ALIASES = {"svhn": "svhn_cropped", "fmnist": "fashion_mnist"}
+
+
+def _baseline_scorer(trained, in_test, in_train, settings, out_dir):
+  """The `extra_scores` for --scores (None for 'paper')."""
+  import os  # pylint: disable=import-outside-toplevel
+  from hvae_jax import api, baselines, evaluation  # pylint: disable=import-outside-toplevel
+  families = list(baselines.parse_scores(FLAGS.scores))
+  if not families:
+    return None
+  explicit = "all" not in [s.strip() for s in FLAGS.scores.split(",")]
+  for fam, given, flag in (("bg_llr", FLAGS.background_checkpoint, "--background_checkpoint"),
+                           ("waic", FLAGS.ensemble_checkpoints, "--ensemble_checkpoints")):
+    if fam in families and not given:
+      if explicit:
+        raise ValueError(f"--scores={fam} needs {flag}.")
+      families.remove(fam)
+      print(f"Note: skipping {fam} (pass {flag} to score it).")
+  options = baselines.BaselineOptions(
+      families=tuple(families), iw_samples=FLAGS.baseline_iw_samples,
+      chunk_size=trained.config.eval.chunk_size, batch_size=settings.batch_size,
+      typicality_batch=FLAGS.typicality_batch, regret_steps=FLAGS.regret_steps,
+      regret_lr=FLAGS.regret_lr, seed=settings.seed)
+  background = (api.load_model(FLAGS.background_checkpoint)
+                if "bg_llr" in families else None)
+  own = os.path.abspath(trained.path)  # the scored model is always a member: not twice
+  ensemble = ([api.load_model(p) for p in dict.fromkeys(FLAGS.ensemble_checkpoints)
+               if os.path.abspath(p) != own] if "waic" in families else [])
+  reference = None
+  if "typicality" in families:
+    # H-hat from training images that evaluation.run does not score (it scores as many
+    # training images as in-distribution test images), as many of them as it does score.
+    n_eval = len(evaluation.limit(in_test, settings.max_examples, settings.seed))
+    reference = in_train[baselines.reference_indices(len(in_train), n_eval, n_eval,
+                                                     settings.seed)]
+  return baselines.BaselineScorer(trained, options, background, ensemble, reference,
+                                  cache_dir=out_dir)
 
 
 def main(argv):
@@ -65,7 +116,9 @@ def main(argv):
       except ValueError as e:
         raise ValueError(f"OOD set {n!r} cannot be scored by this model: {e}") from None
     out_dir = FLAGS.output or os.path.join(path, "eval")
-    results = evaluation.run(trained, c.data.name, in_test, in_train, oods, settings, out_dir)
+    extra = _baseline_scorer(trained, in_test, in_train, settings, out_dir)
+    results = evaluation.run(trained, c.data.name, in_test, in_train, oods, settings, out_dir,
+                             extra_scores=extra)
   except (ValueError, FileNotFoundError, RuntimeError, CheckpointError) as e:
     raise SystemExit(f"error: {e}") from None
   print(evaluation.markdown_report(results))

@@ -20,8 +20,9 @@ batch shape; `BaselineScorer` runs them over whole data sets (padded batches, li
 results in the evaluation output folder.
 
 FLIF (the compressor Serrà et al. found best) is not offered: no FLIF binding is installable
-from PyPI here (`pip download` finds no 'flif', 'pyflif', 'python-flif', 'flifpy' or
-'pillow-flif'; Pillow and imagecodecs have no FLIF codec). PNG via Pillow is used instead.
+from PyPI (`pip download --no-deps` finds no 'flif', 'pyflif', 'python-flif', 'flifpy' or
+'pillow-flif'; Pillow has no FLIF codec and the imagecodecs wheel ships none either, only
+FLIF's successor JPEG XL). PNG via Pillow (compress_level=9) is used instead.
 """
 from __future__ import annotations
 
@@ -285,7 +286,8 @@ def regret_one(model: nn.Module, params: Any, x1: Array, key: Array, steps: Any,
   before = log p̂(x1; φ, θ), after = log p̂(x1; φ*, θ) (`log_likelihood` with `iw_samples`,
   the same samples for both: 0 steps give 0 up to float rounding, as the batched and
   unbatched convolutions may round differently) and regret = after - before. `steps` may be
-  a traced integer (one compilation serves every step count).
+  a traced integer (one compilation serves every step count). Unlike Xiao et al.'s code,
+  Adam has no weight decay (theirs: 5e-5) and the bounds use `iw_samples` (theirs: 1000).
   """
   enc0, dec = split_encoder(params)
   tx = optax.adam(lr)
@@ -360,7 +362,8 @@ def parse_scores(spec: str) -> tuple[str, ...]:
 def reference_indices(n_train: int, n_eval: int, n_ref: int, seed: int) -> np.ndarray:
   """Indices of the typicality reference set in the training split: `n_ref` of them, seeded,
   disjoint from the `n_eval` that `evaluation.limit(train, n_eval, seed)` scores as the
-  in-distribution train set (this mirrors its draw); all training images if n_eval < 0."""
+  in-distribution train set (this mirrors its draw; nothing is excluded when n_eval < 0 or
+  n_eval >= n_train, as limit then scores every training image)."""
   all_idx = np.arange(n_train)
   if 0 <= n_eval < n_train:
     used = np.random.default_rng(seed).choice(n_train, n_eval, replace=False)
@@ -368,6 +371,14 @@ def reference_indices(n_train: int, n_eval: int, n_ref: int, seed: int) -> np.nd
   if n_ref < 0 or n_ref >= len(all_idx):
     return all_idx
   return np.sort(np.random.default_rng([seed, 1]).choice(all_idx, n_ref, replace=False))
+
+
+def _params_digest(params: Any) -> str:
+  """sha1 of every parameter's bytes: a cache made with other weights is not reused."""
+  h = hashlib.sha1()
+  for leaf in jax.tree_util.tree_leaves(params):
+    h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  return h.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,7 +392,8 @@ class BaselineOptions:
   regret_steps: int = 100  # Xiao et al.: 100 Adam steps, lr 2e-4
   regret_lr: float = 2e-4
   regret_batch_size: int = 32  # examples refit at once (each with its own encoder copy)
-  regret_iw_samples: int = 1  # S of the before/after bounds (1: the ELBO difference)
+  regret_iw_samples: int = 1  # S of the before/after bounds (1: the ELBO difference; Xiao
+  # et al.'s code compares IW bounds with 1000 samples)
   seed: int = 0
 
 
@@ -446,18 +458,20 @@ class BaselineScorer:
 
   # -- jitted building blocks, one compilation per (architecture, batch shape) --
 
-  def _loglik_fn(self, model) -> Callable:
+  def loglik_fn(self, model) -> Callable:
+    """The jitted `make_loglik_fn` for `model`'s architecture, built once and reused."""
     sig = ("loglik", model)
     if sig not in self._fns:
       self._fns[sig] = make_loglik_fn(model, self.options.iw_samples, self.options.chunk_size)
     return self._fns[sig]
 
-  def _regret_fn(self) -> Callable:
+  @property
+  def regret_fn(self) -> Callable:
+    """The jitted `make_regret_fn` `(params, x, key, steps)` of these options, built once."""
     o = self.options
     if "regret" not in self._fns:
-      fn = make_regret_fn(self.trained.model, o.regret_lr, o.regret_iw_samples, o.chunk_size)
-      steps = jnp.asarray(o.regret_steps, jnp.int32)
-      self._fns["regret"] = lambda params, x, key: fn(params, x, key, steps)
+      self._fns["regret"] = make_regret_fn(self.trained.model, o.regret_lr, o.regret_iw_samples,
+                                           o.chunk_size)
     return self._fns["regret"]
 
   def _batched(self, fn: Callable, params: Any, x: np.ndarray, batch_size: int,
@@ -481,14 +495,14 @@ class BaselineScorer:
 
   def log_likelihoods(self, trained: "TrainedModel", x: np.ndarray) -> tuple[np.ndarray, float]:
     """`[N]` log p̂(x) (nats) of model input `x` under `trained`, and the seconds it took."""
-    return self._batched(self._loglik_fn(trained.model), trained.params, x,
+    return self._batched(self.loglik_fn(trained.model), trained.params, x,
                          self.options.batch_size)
 
   def entropy(self) -> float:
     """Ĥ: mean -log p̂ over the reference (in-distribution training) images, computed once."""
     if self._entropy is None:
       x = self.trained.model_inputs(self.reference_images)
-      lp, _ = self._batched(self._loglik_fn(self.trained.model), self.trained.params, x,
+      lp, _ = self._batched(self.loglik_fn(self.trained.model), self.trained.params, x,
                             self.options.batch_size, salt=1)
       self._entropy = float(-np.mean(lp.astype(np.float64)))
     return self._entropy
@@ -499,9 +513,9 @@ class BaselineScorer:
     h = hashlib.sha1(np.ascontiguousarray(images).tobytes()).hexdigest()
     ref = (hashlib.sha1(np.ascontiguousarray(self.reference_images).tobytes()).hexdigest()
            if self.reference_images is not None else None)
+    models = [m for m in [self.trained, self.background, *self.ensemble] if m is not None]
     d = {"options": dataclasses.asdict(self.options), "tag": tag, "images": h, "reference": ref,
-         "models": [os.path.abspath(m.path) for m in [self.trained, self.background,
-                                                       *self.ensemble] if m is not None]}
+         "models": [[os.path.abspath(m.path), _params_digest(m.params)] for m in models]}
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
   def __call__(self, tag: str, images_uint8: np.ndarray) -> dict[str, np.ndarray]:
@@ -557,8 +571,9 @@ class BaselineScorer:
       out["neg_waic"] = -np.asarray(waic(np.stack(members)))
       sec["neg_waic"] = t_m
     if "regret" in fams:
-      (reg, _, _), t_r = self._batched(self._regret_fn(), self.trained.params, x,
-                                       o.regret_batch_size, salt=2)
+      steps = jnp.asarray(o.regret_steps, jnp.int32)
+      (reg, _, _), t_r = self._batched(lambda p, xb, k: self.regret_fn(p, xb, k, steps),
+                                       self.trained.params, x, o.regret_batch_size, salt=2)
       out["regret"], sec["regret"] = reg, t_r
     out = {k: np.asarray(v, np.float32) for k, v in out.items()}
     out.update({f"_seconds:{k}": np.asarray(v, np.float64) for k, v in sec.items()})
