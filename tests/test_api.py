@@ -1,0 +1,146 @@
+"""The public API of `hvae_jax` (the README's "Python API" examples, as tests)."""
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+import hvae_jax
+from tests.helpers import DATA_DIR, REPO, fmnist_slice, mnist_slice
+
+pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(DATA_DIR, "fashion_mnist.npz")),
+                                reason="offline data not found (set HVAE_DATA_DIR)")
+
+
+@pytest.fixture(scope="module")
+def readme_run(tmp_path_factory):
+  """The README example, verbatim apart from the paths: train tiny, evaluate, score."""
+  workdir = str(tmp_path_factory.mktemp("api") / "tiny")
+  # --- README: Python API ---
+  model = hvae_jax.train("configs/tiny.py", workdir, data_dir=DATA_DIR,
+                         overrides={"train.max_steps": 30, "train.sample_grid": 0})
+  results = hvae_jax.evaluate(model, ood=["mnist"], max_examples=200)  # writes <workdir>/eval
+  auroc = results["ood"]["mnist"]["metrics"]["llr_k1"]["auroc"]
+  images = mnist_slice(8)                       # any uint8 [N, 28, 28(, 1)] images
+  scores = model.score(images)                  # {'elbo': [N], 'llr_k1': [N], ...}
+  flags = model.is_ood(images)                  # [N] bool, threshold from evaluate()
+  # --- end of README example ---
+  return dict(workdir=workdir, model=model, results=results, auroc=auroc, images=images,
+              scores=scores, flags=flags)
+
+
+def test_public_names():
+  for name in ("load_model", "TrainedModel", "train", "evaluate", "build_model", "base_config",
+               "load_config", "THRESHOLD_FILE", "__version__"):
+    assert name in hvae_jax.__all__ and hasattr(hvae_jax, name), name
+  from hvae_jax import api
+  assert hvae_jax.TrainedModel is api.TrainedModel
+  assert hvae_jax.THRESHOLD_FILE == "threshold.json"
+  with pytest.raises(AttributeError):
+    hvae_jax.no_such_name  # pylint: disable=pointless-statement
+
+
+def test_import_is_light():
+  code = ("import sys, hvae_jax; heavy = [m for m in ('jax', 'flax', 'orbax', 'optax', "
+          "'tensorflow_datasets', 'matplotlib') if m in sys.modules]; print(heavy)")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       check=True, env=dict(os.environ, PYTHONPATH=REPO)).stdout
+  assert out.strip() == "[]", out
+
+
+def test_base_config_and_load_config():
+  c = hvae_jax.base_config()
+  assert c.data.name == "fashion_mnist" and c.model.name == "hvae"
+  # A name from configs/, a path relative to the repository, an absolute path, a ConfigDict.
+  by_name = hvae_jax.load_config("tiny", {"train.max_steps": 7})
+  by_path = hvae_jax.load_config(os.path.join(REPO, "configs", "tiny.py"))
+  rel = hvae_jax.load_config("configs/tiny.py")
+  assert by_name.train.max_steps == 7 and by_path.train.max_steps == rel.train.max_steps == 60
+  copy = hvae_jax.load_config(by_path, {"train.batch_size": 64})
+  assert copy.train.batch_size == 64 and by_path.train.batch_size == 32  # input not modified
+  assert hvae_jax.load_config("configs/cifar_hvae.py:l4").data.name == "cifar10"
+  with pytest.raises(ValueError, match="train.nope"):
+    hvae_jax.load_config("tiny", {"train.nope": 1})
+  with pytest.raises(ValueError, match="model.dtype"):
+    hvae_jax.load_config("tiny", {"model.dtype": "float64"})
+  with pytest.raises(FileNotFoundError):
+    hvae_jax.load_config("configs/missing.py")
+
+
+def test_build_model_defaults_to_the_datasets_image_shape():
+  import jax
+  from hvae_jax import data
+  c = hvae_jax.load_config("tiny")
+  model = hvae_jax.build_model(c)
+  assert model.image_shape == (28, 28, 1)
+  x = data.eval_binarize(fmnist_slice(4), 0)
+  # Shapes only (tracing, no compilation): init, then prior samples.
+  variables = jax.eval_shape(model.init, jax.random.key(0), x, jax.random.key(1))
+  samples = jax.eval_shape(lambda v, k: model.apply(v, k, 3, method=model.sample), variables,
+                           jax.random.key(2))
+  assert samples.shape == (3, 28, 28, 1)
+  assert hvae_jax.build_model(hvae_jax.load_config("configs/cifar_hvae.py")).image_shape == (32, 32, 3)
+
+
+def test_readme_example_trains_evaluates_and_scores(readme_run):
+  r = readme_run
+  model, workdir = r["model"], r["workdir"]
+  assert isinstance(model, hvae_jax.TrainedModel)
+  assert os.path.isdir(os.path.join(workdir, "checkpoints"))
+  # evaluate() wrote the report next to the model and calibrated a threshold.
+  for f in ("results.md", "results.json", "roc_mnist.png", "hist_mnist.png", "threshold.json"):
+    assert os.path.exists(os.path.join(workdir, "eval", f)), f
+  res = r["results"]
+  assert {"elbo", "llr_k1", "llr_k2"} <= set(res["ood"]["mnist"]["metrics"])
+  assert 0.0 <= r["auroc"] <= 1.0
+  assert res["output_dir"] == os.path.join(workdir, "eval")
+  assert model.threshold == res["threshold"]
+  # score: one float32 [N] array per score, finite; llr = elbo - L^{>k}.
+  s = r["scores"]
+  assert {"elbo", "elbo_bpd", "lk_k1", "lk_k2", "llr_k1", "llr_k2"} <= set(s)
+  for v in s.values():
+    assert v.shape == (8,) and v.dtype == np.float32 and np.all(np.isfinite(v))
+  np.testing.assert_allclose(s["llr_k1"], s["elbo"] - s["lk_k1"], rtol=1e-5, atol=1e-3)
+  # is_ood: the threshold rule applied to the same scores.
+  th = model.threshold
+  assert r["flags"].dtype == bool and r["flags"].shape == (8,)
+  if th["iw_samples"] == 1 and th["k"] in (1, 2):
+    np.testing.assert_array_equal(r["flags"], s[th["score"]] > th["value"])
+
+
+def test_load_model_finds_the_threshold_evaluate_wrote(readme_run):
+  reloaded = hvae_jax.load_model(readme_run["workdir"])
+  with open(os.path.join(readme_run["workdir"], "eval", "threshold.json"), encoding="utf-8") as f:
+    assert reloaded.threshold == json.load(f)
+  images = readme_run["images"][..., 0]  # [N, 28, 28] works too
+  np.testing.assert_array_equal(reloaded.is_ood(images), readme_run["flags"])
+  np.testing.assert_allclose(reloaded.score(images)["elbo"], readme_run["scores"]["elbo"],
+                             rtol=1e-5)
+
+
+def test_train_takes_a_config_dict_and_resumes(readme_run):
+  # Same workdir, same max_steps: resumes at the last step, trains nothing, returns the model.
+  config = hvae_jax.load_config("tiny", {"train.max_steps": 30, "train.sample_grid": 0})
+  config.data.data_dir = DATA_DIR
+  before = config.to_dict()
+  model = hvae_jax.train(config, readme_run["workdir"])
+  assert config.to_dict() == before
+  assert isinstance(config, ml_collections.ConfigDict)
+  np.testing.assert_allclose(model.score(readme_run["images"])["elbo"],
+                             readme_run["scores"]["elbo"], rtol=1e-5)
+
+
+def test_evaluate_with_arrays_and_a_path(readme_run, tmp_path):
+  out = tmp_path / "eval"
+  res = hvae_jax.evaluate(readme_run["workdir"], ood={"digits": mnist_slice(60, seed=3)},
+                          in_test=fmnist_slice(60, seed=3), in_train=fmnist_slice(60, "train"),
+                          output_dir=str(out), ks=(1,), batch_size=60)
+  assert set(res["ood"]) == {"digits"}
+  assert set(res["ood"]["digits"]["metrics"]) == {"elbo", "lk_k1", "llr_k1"}
+  assert (out / "roc_digits.png").exists() and (out / "threshold.json").exists()
+  with pytest.raises(ValueError, match="shape"):
+    hvae_jax.evaluate(readme_run["model"], ood={"bad": np.zeros((4, 32, 32, 3), np.uint8)},
+                      in_test=fmnist_slice(8), in_train=fmnist_slice(8), output_dir=str(out))
