@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 

@@ -38,14 +38,13 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from hvae_jax import distributions as dist
 from hvae_jax.layers import ResBlock
-from hvae_jax.models.common import (AsFeatureMap, Gaussian, GaussianLatent, Likelihood,
-                                    ModelOutput, network_input, standard_normal,
+from hvae_jax.models.common import (AsFeatureMap, Gaussian, GaussianLatent, HierarchicalModel,
+                                    Likelihood, network_input, standard_normal,
                                     use_prior_mask)
 from hvae_jax.models.hvae import stage_feature_shapes
 
@@ -74,7 +73,7 @@ def _run(stack, h: Array, aux) -> tuple[Array, list[Array]]:
   return h, outs
 
 
-class BIVA(nn.Module):
+class BIVA(HierarchicalModel):
   """BIVA with L = len(blocks) layers: 2 latents per layer below the top, 1 at the top.
 
   `ModelOutput.kl` has 2L - 1 entries ordered lowest layer first and, within a layer,
@@ -230,31 +229,3 @@ class BIVA(nn.Module):
       h = self.z_proj[i](z)
       d, skips = _run(self.p_blocks[i], h, skips)
     return d, tuple(kls)
-
-  def generate(self, posteriors: Sequence[Any], x: Array, n_skip=0,
-               key: Optional[Array] = None) -> ModelOutput:
-    """Top-down pass and log p(x|z) given posteriors from `infer` (vmappable over n_skip).
-
-    `key` draws the TD posterior samples (and prior samples with skip_mode='sample'); the
-    same key gives the same z^TD for the layers above k whatever k is.
-    """
-    key = jax.random.key(0) if key is None else key
-    d, kls = self._top_down(posteriors, n_skip, key, x.shape[0])
-    return ModelOutput(log_px=self.lik.log_prob(d, x), kl=kls)
-
-  def __call__(self, x: Array, key: Array, n_skip=0) -> ModelOutput:
-    """One-sample bound terms for a batch; n_skip = k gives L^{>k} (0 gives the ELBO)."""
-    k_q, k_p = jax.random.split(key)
-    return self.generate(self.infer(x, k_q), x, n_skip, k_p)
-
-  def sample(self, key: Array, num: int) -> Array:
-    """`num` images from the prior: Bernoulli means in [0, 1] or uint8 colour images."""
-    k_z, k_x = jax.random.split(key)
-    d, _ = self._top_down(None, 0, k_z, num)
-    return self.lik.sample_image(d, k_x)
-
-  def reconstruct(self, x: Array, key: Array, n_skip=0) -> Array:
-    """Images decoded from the posterior, with the `n_skip` lowest layers from the prior."""
-    k_q, k_p, k_x = jax.random.split(key, 3)
-    d, _ = self._top_down(self.infer(x, k_q), n_skip, k_p, x.shape[0])
-    return self.lik.sample_image(d, k_x)

@@ -137,3 +137,34 @@ def use_prior_mask(latent_layers: tuple[int, ...], n_skip) -> Array:
   `n_skip` may be a traced int so that one compiled function serves every k (vmap over k).
   """
   return jnp.asarray(latent_layers) <= jnp.asarray(n_skip)
+
+
+class HierarchicalModel(nn.Module):
+  """What every model here derives from `infer`, `_top_down` and its likelihood `lik`.
+
+  Subclasses define `infer(x, key) -> posteriors` (bottom-up), `_top_down(posteriors, n_skip,
+  key, batch) -> (d, kl terms)` (posteriors=None samples from the prior) and `latent_layers`.
+  """
+
+  def generate(self, posteriors, x: Array, n_skip=0, key: Optional[Array] = None) -> ModelOutput:
+    """Top-down pass and log p(x|z) given posteriors from `infer` (vmappable over n_skip)."""
+    key = jax.random.key(0) if key is None else key
+    d, kls = self._top_down(posteriors, n_skip, key, x.shape[0])
+    return ModelOutput(log_px=self.lik.log_prob(d, x), kl=kls)
+
+  def __call__(self, x: Array, key: Array, n_skip=0) -> ModelOutput:
+    """One-sample bound terms for a batch; n_skip = k gives L^{>k} (0 gives the ELBO)."""
+    k_q, k_p = jax.random.split(key)
+    return self.generate(self.infer(x, k_q), x, n_skip, k_p)
+
+  def sample(self, key: Array, num: int) -> Array:
+    """`num` images from the prior: Bernoulli means in [0, 1] or uint8 colour images."""
+    k_z, k_x = jax.random.split(key)
+    d, _ = self._top_down(None, 0, k_z, num)
+    return self.lik.sample_image(d, k_x)
+
+  def reconstruct(self, x: Array, key: Array, n_skip=0) -> Array:
+    """Images decoded from the posterior, with the `n_skip` lowest layers from the prior."""
+    k_q, k_p, k_x = jax.random.split(key, 3)
+    d, _ = self._top_down(self.infer(x, k_q), n_skip, k_p, x.shape[0])
+    return self.lik.sample_image(d, k_x)

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from hvae_jax import distributions as dist
 from hvae_jax.layers import ResBlock
-from hvae_jax.models.common import (AsFeatureMap, Gaussian, GaussianLatent, Likelihood,
-                                    ModelOutput, network_input, standard_normal,
+from hvae_jax.models.common import (AsFeatureMap, Gaussian, GaussianLatent, HierarchicalModel,
+                                    Likelihood, network_input, standard_normal,
                                     use_prior_mask)
 
 Array = jax.Array
@@ -44,7 +43,7 @@ def stage_feature_shapes(image_shape: Sequence[int],
   return shapes
 
 
-class HVAE(nn.Module):
+class HVAE(HierarchicalModel):
   """Bottom-up hierarchical VAE with L = len(blocks) latent layers.
 
   Images are `[batch, height, width, channels]`: binarized floats for the Bernoulli
@@ -142,27 +141,3 @@ class HVAE(nn.Module):
         new_aux.append(h)
       d, aux_list = h, new_aux
     return d, tuple(kls)
-
-  def generate(self, posteriors: Sequence[Gaussian], x: Array, n_skip=0,
-               key: Optional[Array] = None) -> ModelOutput:
-    """Top-down pass and log p(x|z) given posteriors from `infer` (vmappable over n_skip)."""
-    key = jax.random.key(0) if key is None else key
-    d, kls = self._top_down(posteriors, n_skip, key, x.shape[0])
-    return ModelOutput(log_px=self.lik.log_prob(d, x), kl=kls)
-
-  def __call__(self, x: Array, key: Array, n_skip=0) -> ModelOutput:
-    """One-sample bound terms for a batch; n_skip = k gives L^{>k} (0 gives the ELBO)."""
-    k_q, k_p = jax.random.split(key)
-    return self.generate(self.infer(x, k_q), x, n_skip, k_p)
-
-  def sample(self, key: Array, num: int) -> Array:
-    """`num` images from the prior: Bernoulli means in [0, 1] or uint8 colour images."""
-    k_z, k_x = jax.random.split(key)
-    d, _ = self._top_down(None, 0, k_z, num)
-    return self.lik.sample_image(d, k_x)
-
-  def reconstruct(self, x: Array, key: Array, n_skip=0) -> Array:
-    """Images decoded from the posterior, with the `n_skip` lowest latents from the prior."""
-    k_q, k_p, k_x = jax.random.split(key, 3)
-    d, _ = self._top_down(self.infer(x, k_q), n_skip, k_p, x.shape[0])
-    return self.lik.sample_image(d, k_x)
