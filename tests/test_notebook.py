@@ -75,10 +75,6 @@ def test_image_cell_converts_user_files_to_28x28_uint8(tmp_path, monkeypatch):
   assert x[1].max() == 0
 
 
-needs_data = pytest.mark.skipif(not os.path.exists(os.path.join(DATA_DIR, "fashion_mnist.npz")),
-                                reason="offline data not found (set HVAE_DATA_DIR)")
-
-
 def _execute(tmp_path, monkeypatch, **extra_env):
   """Runs the notebook in a fresh kernel in `tmp_path`; returns (notebook, text output, workdir)."""
   run_dir = tmp_path / "run"
@@ -130,7 +126,6 @@ def _check_evaluation_and_verdicts(nb, text, run_dir, threshold_file):
   return results, verdicts
 
 
-@needs_data
 def test_notebook_trains_tiny_and_runs_end_to_end(tmp_path, monkeypatch):
   t0 = time.time()
   nb, text, run_dir = _execute(tmp_path, monkeypatch)
@@ -146,7 +141,6 @@ def test_notebook_trains_tiny_and_runs_end_to_end(tmp_path, monkeypatch):
   assert time.time() - t0 < 300
 
 
-@needs_data
 @pytest.mark.skipif(os.environ.get("HVAE_TEST_NOTEBOOK_PRETRAINED") != "1"
                     or not os.path.isdir(os.path.join(REPO, "pretrained", "fmnist_hvae_small")),
                     reason="set HVAE_TEST_NOTEBOOK_PRETRAINED=1 (about 50 s more)")
