@@ -142,6 +142,10 @@ def ours_main(a):
     t0 = time.perf_counter()
     compiled = jitted.lower(*args).compile()
     res["compile_s"][name] = time.perf_counter() - t0
+    try:  # XLA's own figure: the scratch buffer one call of this executable allocates
+      res.setdefault("xla_temp_mb", {})[name] = compiled.memory_analysis().temp_size_in_bytes / 2**20
+    except Exception:  # pylint: disable=broad-except
+      pass
     log(f"[ours] compiled {name} in {res['compile_s'][name]:.1f}s")
     return compiled
 
@@ -349,6 +353,14 @@ def report(a, ours: dict, ref: dict, settings: dict) -> str:
 
   out = []
   out.append("Settings: " + json.dumps(settings))
+  info = ours.get("info", {})
+  out.append(f"Ours: jax {info.get('jax')} on {info.get('devices')}, cores {info.get('cpus')}, "
+             f"XLA_FLAGS '{info.get('xla_flags', '')}'")
+  if ref:
+    m = ref["info"]["machine"]
+    out.append(f"Reference: torch {m['torch']} ({m['cpu_capability']}), "
+               f"torch.set_num_threads({m['torch_threads']}), OMP/MKL_NUM_THREADS "
+               f"{ref['info']['omp_num_threads']}, cores {ref['info']['cpus']}, CPU '{m['cpu']}'")
   ref_n = ref["n_params"] if ref else REF_PARAMS_DOC
   out.append(f"Parameters: ours {ours['n_params']:,}; reference {ref_n:,}"
              + ("" if ref else " (documented, reference not run)"))
@@ -370,6 +382,9 @@ def report(a, ours: dict, ref: dict, settings: dict) -> str:
   out.append("")
   out.append("Our jit compile times (lower + compile, cold; s): " + ", ".join(
       f"{k} {v:.1f}" for k, v in ours["compile_s"].items()))
+  if ours.get("xla_temp_mb"):
+    out.append("XLA temp buffer per call (compiled.memory_analysis(); MB): " + ", ".join(
+        f"{k} {v:.0f}" for k, v in ours["xla_temp_mb"].items()))
   out.append("Peak memory, max RSS of each measuring process (MB): " + ", ".join(
       f"ours {s} {ours['rss'][s]:.0f}" for s in ours["rss"]) + (
       ", " + ", ".join(f"ref {s} {ref['rss'][s]:.0f}" for s in ref["rss"]) if ref else ""))
@@ -430,6 +445,7 @@ def parent_main(a):
     settings["load_avg_before"][f"ours_{stage}"] = r["load_avg_before"]
     ours_rss[stage] = r["max_rss_mb"]
     ours.setdefault("compile_s", {}).update(r["compile_s"])
+    ours.setdefault("xla_temp_mb", {}).update(r.get("xla_temp_mb", {}))
     ours["n_params"] = r["n_params"]
     ours.setdefault("info", dict(jax=r["jax"], devices=r["devices"], xla_flags=r["xla_flags"],
                                  cpus=r["cpus"]))
