@@ -90,15 +90,6 @@ class BIVA(HierarchicalModel):
   Images are `[batch, height, width, channels]`: binarized floats for the Bernoulli
   likelihood, uint8 for the discretized logistic mixture ('dmol').
   """
-  image_shape: tuple[int, int, int]
-  blocks: tuple[tuple[BlockSpec, ...], ...]
-  latents: tuple[tuple[str, int], ...]
-  likelihood: str = "bernoulli"
-  num_mix: int = 10
-  activation: str = "relu"
-  latent_kernel: int = 3
-  upsample: str = "transpose"
-  skip_mode: str = "mean"
   conditional_bu: bool = False
   dtype: Any = jnp.float32
 

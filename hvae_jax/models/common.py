@@ -144,7 +144,18 @@ class HierarchicalModel(nn.Module):
 
   Subclasses define `infer(x, key) -> posteriors` (bottom-up), `_top_down(posteriors, n_skip,
   key, batch) -> (d, kl terms)` (posteriors=None samples from the prior) and `latent_layers`.
+  The fields below are every model's; `blocks` holds ((features, kernel, stride), ...) per
+  stage and `latents` (kind, features) per stage.
   """
+  image_shape: tuple[int, int, int]
+  blocks: tuple[tuple[tuple[int, int, int], ...], ...]
+  latents: tuple[tuple[str, int], ...]
+  likelihood: str = "bernoulli"
+  num_mix: int = 10
+  activation: str = "relu"
+  latent_kernel: int = 3
+  upsample: str = "transpose"
+  skip_mode: str = "mean"
 
   def generate(self, posteriors, x: Array, n_skip=0, key: Optional[Array] = None) -> ModelOutput:
     """Top-down pass and log p(x|z) given posteriors from `infer` (vmappable over n_skip)."""

@@ -49,15 +49,6 @@ class HVAE(HierarchicalModel):
   Images are `[batch, height, width, channels]`: binarized floats for the Bernoulli
   likelihood, uint8 for the discretized logistic mixture ('dmol').
   """
-  image_shape: tuple[int, int, int]
-  blocks: tuple[tuple[BlockSpec, ...], ...]
-  latents: tuple[tuple[str, int], ...]
-  likelihood: str = "bernoulli"
-  num_mix: int = 10
-  activation: str = "relu"
-  latent_kernel: int = 3
-  upsample: str = "transpose"
-  skip_mode: str = "mean"
   dtype: Any = jnp.float32
 
   @property
