@@ -51,6 +51,29 @@ _LAZY = {"TrainedModel": "hvae_jax.api", "THRESHOLD_FILE": "hvae_jax.api"}
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _default_xla_flags() -> None:
+  """Turn off XLA:CPU's YNNPACK fusions unless the user set that flag in XLA_FLAGS.
+
+  jaxlib 0.10 sends CPU convolutions to YNNPACK, which ran ours 2-10x slower than XLA's own
+  kernels on the 2-core AVX2 machines we measured (bench/RESULTS.md: train step 13 -> 22
+  examples/s). Set before JAX creates its CPU client, i.e. before the first computation;
+  jaxlib versions without the flag would abort on it, so they are left alone.
+  """
+  from importlib import metadata  # pylint: disable=import-outside-toplevel
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_cpu_experimental_ynn_fusion_type" in flags:
+    return
+  try:
+    major, minor = (int(v) for v in metadata.version("jaxlib").split(".")[:2])
+  except (metadata.PackageNotFoundError, ValueError):
+    return
+  if (major, minor) >= (0, 10):
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_experimental_ynn_fusion_type=".strip()
+
+
+_default_xla_flags()
+
+
 def __getattr__(name: str) -> Any:
   if name in _LAZY:
     value = getattr(importlib.import_module(_LAZY[name]), name)

@@ -7,7 +7,6 @@ every axis but the output-channel axis, and data-dependent initialisation of g a
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable, Optional
 
 import flax.linen as nn
@@ -62,39 +61,9 @@ def same_padding(size: int, k: int, s: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x: Array, w: Array, stride: int, padding: Padding) -> Array:
-  """NHWC/HWIO convolution whose weight gradient is k*k GEMMs on shifted input slices.
-
-  XLA's CPU backend computes a conv's weight gradient as a convolution with a huge
-  (output-sized) kernel, which ran 3-5x slower than this on 28x28 maps (bench/RESULTS.md);
-  on GPU/TPU the native gradient is used.
-  """
+  """NHWC/HWIO convolution with explicit `((top, bottom), (left, right))` padding."""
   return jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=_DN)
-
-
-def _conv2d_fwd(x, w, stride, padding):
-  return conv2d(x, w, stride, padding), (x, w)
-
-
-def _conv2d_bwd(stride, padding, res, dy):
-  x, w = res
-  conv = lambda x_, w_: jax.lax.conv_general_dilated(x_, w_, (stride, stride), padding,
-                                                     dimension_numbers=_DN)
-  dx = jax.vjp(lambda x_: conv(x_, w), x)[1](dy)[0]
-  if jax.default_backend() != "cpu" or dy.shape[1] * dy.shape[2] < 256:
-    return dx, jax.vjp(lambda w_: conv(x, w_), w)[1](dy)[0]
-  k_h, k_w, c_in, c_out = w.shape
-  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  ho, wo = dy.shape[1], dy.shape[2]
-  dy2 = dy.reshape(-1, c_out)
-  taps = [xp[:, i:i + (ho - 1) * stride + 1:stride, j:j + (wo - 1) * stride + 1:stride, :]
-          .reshape(-1, c_in).T @ dy2 for i in range(k_h) for j in range(k_w)]
-  dw = jnp.stack(taps).reshape(k_h, k_w, c_in, c_out)
-  return dx, dw.astype(w.dtype)
-
-
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 def conv2d_same(x: Array, w: Array, stride: int = 1) -> Array:
