@@ -28,6 +28,8 @@ flags.DEFINE_string("data_dir", None, "Folder with the .npz datasets (default: $
 flags.DEFINE_string("output", None, "Output folder (default: <checkpoint>/eval).")
 flags.DEFINE_integer("max_examples", None, "Score at most this many images per data set.")
 flags.DEFINE_integer("batch_size", None, "Evaluation batch size.")
+flags.DEFINE_string("compilation_cache_dir", None, "JAX's persistent compilation cache folder "
+                    "(default: the config's compilation_cache_dir; '' turns it off).")
 flags.DEFINE_integer("seed", 0, "Seed for the samples and the equal-size subsampling.")
 flags.DEFINE_string("scores", "paper", "'paper' (ELBO, L^{>k}, LLR^{>k} only), 'all', or a comma "
                     "list of baselines: iw_nll, typicality, complexity, bg_llr, waic, regret.")
@@ -84,7 +86,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   import os  # pylint: disable=import-outside-toplevel
-  from hvae_jax import api, data, evaluation  # pylint: disable=import-outside-toplevel
+  from hvae_jax import api, data, evaluation, train_lib  # pylint: disable=import-outside-toplevel
   from hvae_jax.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
   path = FLAGS.checkpoint or FLAGS.workdir
   if not path:
@@ -94,6 +96,9 @@ def main(argv):
     c = trained.config
     if FLAGS.data_dir:
       c.data.data_dir = FLAGS.data_dir
+    train_lib.enable_compilation_cache(c.compilation_cache_dir
+                                       if FLAGS.compilation_cache_dir is None
+                                       else FLAGS.compilation_cache_dir)
     ood_names = [_ALIASES.get(n, n) for n in (FLAGS.ood or list(c.data.ood))]
     for n in ood_names:
       data.get_spec(n)

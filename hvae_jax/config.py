@@ -21,7 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "fashion_mnist"
-  c.data.source = "auto"  # 'auto' (local .npz if present, else tfds), 'npz' or 'tfds'
+  c.data.source = "auto"  # 'auto' (local .npz if present, else tfds), 'npz', 'tfds' or 'mock'
   c.data.data_dir = ""  # '' = $HVAE_DATA_DIR
   c.data.train_split = "train"
   c.data.test_split = "test"
@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _CHOICES = {
-    "data.source": ("auto", "npz", "tfds"),
+    "data.source": ("auto", "npz", "tfds", "mock"),
     "model.name": ("hvae", "biva"),
     "model.likelihood": ("bernoulli", "dmol"),
     "model.upsample": ("subpixel", "transpose"),

@@ -8,7 +8,7 @@ axis of size 1) until a batch is handed to the model:
   that scores are reproducible (`eval_binarize`);
 * colour sets (`kind='discrete'`) stay uint8 in [0, 255] for the discretized likelihood.
 
-Two sources, one API (`load_images`):
+Three sources, one API (`load_images`):
 
 * `'npz'`: offline archives `{data_dir}/{name}.npz` with arrays `{split}_images` (uint8
   `[N, H, W]` or `[N, H, W, C]`); this is how real data is used on machines without internet.
@@ -16,11 +16,16 @@ Two sources, one API (`load_images`):
   TensorFlow, also under `tfds.testing.mock_data`; it downloads and prepares the data set on
   first use, and that one-time step does need TensorFlow (tfds 4.9.10's builders use
   tf.io.gfile) and importlib_resources.
+* `'mock'`: the same tfds path under `tfds.testing.mock_data`: `MOCK_EXAMPLES` random images of
+  the right shape per split, nothing downloaded. For smoke runs of the whole pipeline (train ->
+  evaluate) where the real data is not at hand, e.g. CIFAR10 -> SVHN offline; its scores mean
+  nothing.
 
 tensorflow_datasets is imported lazily so that the rest of the package works without it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -37,7 +42,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 Array = jax.Array
 
 DATA_DIR_ENV = "HVAE_DATA_DIR"
-SOURCES = ("auto", "npz", "tfds")
+SOURCES = ("auto", "npz", "tfds", "mock")
+MOCK_EXAMPLES = 512
 KINDS = ("binary", "discrete")
 
 
@@ -103,7 +109,8 @@ def load_images(name: str, split: str, data_dir: Optional[str] = None, source: s
       for npz exactly the `{split}_images` array of the archive.
     data_dir: folder with `{name}.npz` archives and/or tfds data; default `$HVAE_DATA_DIR`,
       else None (tfds default folder).
-    source: 'npz', 'tfds', or 'auto' (npz if `{data_dir}/{name}.npz` exists, else tfds).
+    source: 'npz', 'tfds', 'auto' (npz if `{data_dir}/{name}.npz` exists, else tfds) or
+      'mock' (random images from tfds' mock, see the module docstring).
     download: tfds only: download and prepare the data set if it is not in `data_dir` yet.
 
   Raises:
@@ -122,7 +129,8 @@ def load_images(name: str, split: str, data_dir: Optional[str] = None, source: s
     return _load_npz(name, spec, split, npz_path)
   # 'auto' falling through to tfds: say where the npz was looked for, if the download fails.
   tried = npz_path if source == "auto" else None
-  return _load_tfds(name, spec, split, data_dir, download, tried_npz=tried)
+  return _load_tfds(name, spec, split, data_dir, download, tried_npz=tried,
+                    mock=source == "mock")
 
 
 def _npz_path(spec: DatasetSpec, data_dir: Optional[str]) -> Optional[str]:
@@ -193,7 +201,7 @@ def _split_names(split: str) -> list[str]:
 
 
 def _load_tfds(name: str, spec: DatasetSpec, split: str, data_dir: Optional[str],
-               download: bool, tried_npz: Optional[str] = None) -> np.ndarray:
+               download: bool, tried_npz: Optional[str] = None, mock: bool = False) -> np.ndarray:
   bad = [s for s in _split_names(split) if s not in spec.splits]
   if bad:
     raise ValueError(f"Split {split!r} of {name!r}: unknown split(s) {bad}; available splits: "
@@ -202,7 +210,9 @@ def _load_tfds(name: str, spec: DatasetSpec, split: str, data_dir: Optional[str]
     import tensorflow_datasets as tfds  # lazy: the GPU image has no tfds
     # Random-access source: no TensorFlow needed (tfds.load would need it). With
     # download=True it runs builder.download_and_prepare() first when the data is missing.
-    ds = tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=download)
+    with (tfds.testing.mock_data(num_examples=MOCK_EXAMPLES) if mock
+          else contextlib.nullcontext()):
+      ds = tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=download)
     n = len(ds)
     out = np.empty((n,) + spec.image_shape, np.uint8)  # preallocated: no list of n arrays
     for i in range(n):

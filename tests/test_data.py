@@ -58,6 +58,13 @@ def test_tfds_mock(name, tmp_path):
     assert "tensorflow" not in sys.modules
 
 
+def test_mock_source_needs_no_data(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  x = data.load_images("svhn_cropped", "test", data_dir=str(tmp_path), source="mock")
+  assert x.shape == (data.MOCK_EXAMPLES, 32, 32, 3) and x.dtype == np.uint8
+  assert x.std() > 0 and not any(tmp_path.iterdir())  # random images, nothing downloaded
+
+
 def test_tfds_failure_is_wrapped(monkeypatch, tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
 

@@ -19,9 +19,11 @@ def _run(*args):
 
 def test_evaluate_cli_writes_tables_json_plots_and_threshold(tiny_workdir, tmp_path):
   out = tmp_path / "eval"
+  cache = tmp_path / "jax_cache"
   r = _run(f"--workdir={tiny_workdir}", "--ood=mnist", "--max_examples=120", "--iw_samples=2",
-           f"--output={out}")
+           f"--output={out}", f"--compilation_cache_dir={cache}")
   assert r.returncode == 0, r.stderr[-3000:]
+  assert any(cache.iterdir()), "the persistent compilation cache was not written"
   for f in ("results.json", "results.md", "roc_mnist.png", "hist_mnist.png", "threshold.json",
             "scores_fashion_mnist_test.npz", "scores_mnist_test.npz"):
     assert (out / f).exists(), f
