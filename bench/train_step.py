@@ -2,8 +2,9 @@
 
   python bench/train_step.py --config=configs/fmnist_hvae.py --batch=128 --steps=10
 
-Random binarized (or uint8) inputs; reports compile time, XLA's scratch memory for one step, steady-state examples/s and
-parameter count. Not a test: run it by hand and record figures in bench/RESULTS.md.
+Random binarized (or uint8) inputs; reports compile time, XLA's scratch memory for one step,
+steady-state examples/s and parameter count. Not a test: run it by hand and record figures
+in bench/RESULTS.md.
 """
 import argparse
 import importlib.util

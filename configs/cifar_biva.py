@@ -38,10 +38,10 @@ def get_config(variant: str = ""):
   first = ((filters, 5, 1), (filters, 5, 1), (filters, 5, 2))
   rest = ((filters, 3, 1),) * 3
   c.model.blocks = (first,) + (rest,) * (num_layers - 1)
-  c.model.latents = tuple(("conv", 38 - 2 * i) for i in range(num_layers))
+  c.model.latents = tuple(("conv", 4 if variant == "smoke" else 38 - 2 * i)
+                          for i in range(num_layers))
   c.train.epochs = 2000.0
   if variant == "smoke":
-    c.model.latents = tuple(("conv", 4) for _ in range(num_layers))
     c.model.num_mix = 2
     c.train.batch_size = 16
     c.train.max_steps = 6
