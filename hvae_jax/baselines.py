@@ -276,48 +276,80 @@ def split_encoder(params: Mapping[str, Any]) -> tuple[dict, dict]:
   return enc, dec
 
 
-def regret_one(model: nn.Module, params: Any, x1: Array, key: Array, steps: Any, lr: float,
-               iw_samples: int = 1, chunk_size: int = 16) -> tuple[Array, Array, Array]:
-  """Likelihood regret of ONE example `x1` `[1, H, W, C]` (Xiao et al. 2020, eq. 3).
+def regret_step(model: nn.Module, tx: optax.GradientTransformation, dec: Mapping[str, Any],
+                enc: Any, opt_state: Any, x1: Array, key: Array) -> tuple[Any, Any]:
+  """One refit step for ONE example `x1` `[1, H, W, C]`: `tx` (Adam) on -ELBO(x1) with one
+  fresh posterior sample (β = 1, no free bits), over the encoder parameters `enc` only, the
+  decoder `dec` fixed. Returns the new (enc, opt_state)."""
+  def neg_elbo(e):
+    return -objectives.bound(model.apply({"params": {**dec, **e}}, x1, key))[0]
+  updates, opt_state = tx.update(jax.grad(neg_elbo)(enc), opt_state, enc)
+  return optax.apply_updates(enc, updates), opt_state
 
-  Starting from the trained encoder φ, Adam(`lr`) takes `steps` steps on -ELBO(x1) (one
-  fresh posterior sample per step, β = 1, no free bits) over the encoder parameters only,
-  the decoder θ fixed: φ*(x1). Returns scalars (regret, before, after) with
-  before = log p̂(x1; φ, θ), after = log p̂(x1; φ*, θ) (`log_likelihood` with `iw_samples`,
-  the same samples for both: 0 steps give 0 up to float rounding, as the batched and
-  unbatched convolutions may round differently) and regret = after - before. `steps` may be
-  a traced integer (one compilation serves every step count). Unlike Xiao et al.'s code,
-  Adam has no weight decay (theirs: 5e-5) and the bounds use `iw_samples` (theirs: 1000).
+
+class LikelihoodRegret:
+  """Likelihood regret (Xiao, Yan & Amit 2020, eq. 3), vectorised over the batch:
+
+    regret(x) = log p̂(x; φ*(x), θ) - log p̂(x; φ, θ),  φ*(x) = φ refit to x alone,
+
+  φ the trained encoder, θ the fixed decoder. `fn(params, x, key, steps)` with `x`
+  `[batch, H, W, C]` returns `[batch]` (regret, before, after): every example gets its own
+  copy of φ and of the Adam(`lr`) state (`jax.vmap` over examples) and `steps` `regret_step`s;
+  before/after are `log_likelihood` with `iw_samples`, the same samples for both, so 0 steps
+  give 0 up to float rounding. Larger regret = more OOD. Example i uses key
+  `jax.random.split(key, batch)[i]` (`with_keys` takes the per-example keys directly). Unlike
+  Xiao et al.'s code, Adam has no weight decay (theirs: 5e-5) and the bounds use `iw_samples`
+  (theirs: 1000). Memory grows with batch x (encoder size x 3): use small batches for big
+  models.
+
+  The step loop runs in Python, one jitted vmapped step per call: XLA:CPU runs the same step
+  about 4x slower inside `lax.fori_loop`/`lax.scan` (fmnist_hvae_small, one example: 50 vs
+  12 ms per step; bench/RESULTS.md), and a Python loop needs no recompilation per step count.
   """
-  enc0, dec = split_encoder(params)
-  tx = optax.adam(lr)
-  k_opt, k_eval = jax.random.split(key)
 
-  def neg_elbo(enc, k):
-    return -objectives.bound(model.apply({"params": {**dec, **enc}}, x1, k))[0]
+  def __init__(self, model: nn.Module, lr: float, iw_samples: int = 1, chunk_size: int = 16):
+    self.model, self.tx = model, optax.adam(lr)
+    self.iw_samples, self.chunk_size = iw_samples, chunk_size
+    self._start = jax.jit(self._start_batch)
+    self._step = jax.jit(jax.vmap(self._step_one, in_axes=(None, 0, 0, 0, 0, None)),
+                         donate_argnums=(1, 2))
+    self._bounds = jax.jit(jax.vmap(self._bounds_one, in_axes=(None, 0, 0, 0)))
 
-  def step(i, carry):
-    enc, opt_state = carry
-    grads = jax.grad(neg_elbo)(enc, jax.random.fold_in(k_opt, i))
-    updates, opt_state = tx.update(grads, opt_state, enc)
-    return optax.apply_updates(enc, updates), opt_state
+  def _start_batch(self, params: Any, keys: Array) -> tuple[Any, Any, Array, Array]:
+    enc0, _ = split_encoder(params)
+    tile = lambda t: jax.tree_util.tree_map(
+        lambda a: jnp.broadcast_to(a, (keys.shape[0],) + a.shape), t)
+    k_opt, k_eval = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+    return tile(enc0), tile(self.tx.init(enc0)), k_opt, k_eval
 
-  enc, _ = jax.lax.fori_loop(0, steps, step, (enc0, tx.init(enc0)))
-  before = log_likelihood(model, params, x1, k_eval, iw_samples, chunk_size)[0]
-  after = log_likelihood(model, {**dec, **enc}, x1, k_eval, iw_samples, chunk_size)[0]
-  return after - before, before, after
+  def _step_one(self, params: Any, enc: Any, opt_state: Any, x1: Array, k_opt: Array,
+                i: Array) -> tuple[Any, Any]:
+    _, dec = split_encoder(params)
+    return regret_step(self.model, self.tx, dec, enc, opt_state, x1[None],
+                       jax.random.fold_in(k_opt, i))
 
+  def _bounds_one(self, params: Any, enc: Any, x1: Array, k_eval: Array
+                  ) -> tuple[Array, Array, Array]:
+    _, dec = split_encoder(params)
+    ll = lambda p: log_likelihood(self.model, p, x1[None], k_eval, self.iw_samples,
+                                  self.chunk_size)[0]
+    before, after = ll(params), ll({**dec, **enc})
+    return after - before, before, after
 
-def likelihood_regret(model: nn.Module, params: Any, x: Array, key: Array, steps: Any,
-                      lr: float, iw_samples: int = 1, chunk_size: int = 16
-                      ) -> tuple[Array, Array, Array]:
-  """`[batch]` (regret, before, after) for `x` `[batch, H, W, C]`: `regret_one` vmapped over
-  the examples, each with its own copy of the encoder parameters and Adam state and key
-  `jax.random.split(key, batch)[i]`; larger regret = more OOD. Memory grows with
-  batch x (encoder size x 3), so use small batches for big models."""
-  keys = jax.random.split(key, x.shape[0])
-  one = lambda xi, ki: regret_one(model, params, xi[None], ki, steps, lr, iw_samples, chunk_size)
-  return jax.vmap(one)(x, keys)
+  def with_keys(self, params: Any, x: Array, keys: Array, steps: int
+                ) -> tuple[Array, Array, Array]:
+    """`[batch]` (regret, before, after) of `x` `[batch, H, W, C]`, example i refit with key
+    `keys[i]` (`keys` `[batch]`)."""
+    if int(steps) < 0:
+      raise ValueError(f"regret steps must be >= 0, got {steps}.")
+    enc, opt_state, k_opt, k_eval = self._start(params, keys)
+    for i in range(int(steps)):
+      enc, opt_state = self._step(params, enc, opt_state, x, k_opt, jnp.asarray(i, jnp.int32))
+    return self._bounds(params, enc, x, k_eval)
+
+  def __call__(self, params: Any, x: Array, key: Array, steps: int
+               ) -> tuple[Array, Array, Array]:
+    return self.with_keys(params, x, jax.random.split(key, x.shape[0]), steps)
 
 
 def make_loglik_fn(model: nn.Module, iw_samples: int, chunk_size: int = 16) -> Callable:
@@ -325,14 +357,6 @@ def make_loglik_fn(model: nn.Module, iw_samples: int, chunk_size: int = 16) -> C
   models of one architecture (ensembles) share the compilation."""
   return jax.jit(lambda params, x, key: log_likelihood(model, params, x, key, iw_samples,
                                                        chunk_size))
-
-
-def make_regret_fn(model: nn.Module, lr: float, iw_samples: int = 1,
-                   chunk_size: int = 16) -> Callable:
-  """Jitted `fn(params, x, key, steps) -> (regret, before, after)`, each `[batch]`
-  (`likelihood_regret`); `steps` is traced, so any step count reuses the compilation."""
-  return jax.jit(lambda params, x, key, steps: likelihood_regret(
-      model, params, x, key, steps, lr, iw_samples, chunk_size))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -466,12 +490,12 @@ class BaselineScorer:
     return self._fns[sig]
 
   @property
-  def regret_fn(self) -> Callable:
-    """The jitted `make_regret_fn` `(params, x, key, steps)` of these options, built once."""
+  def regret_fn(self) -> LikelihoodRegret:
+    """The `LikelihoodRegret` `(params, x, key, steps)` of these options, built once."""
     o = self.options
     if "regret" not in self._fns:
-      self._fns["regret"] = make_regret_fn(self.trained.model, o.regret_lr, o.regret_iw_samples,
-                                           o.chunk_size)
+      self._fns["regret"] = LikelihoodRegret(self.trained.model, o.regret_lr,
+                                             o.regret_iw_samples, o.chunk_size)
     return self._fns["regret"]
 
   def _batched(self, fn: Callable, params: Any, x: np.ndarray, batch_size: int,
@@ -571,9 +595,9 @@ class BaselineScorer:
       out["neg_waic"] = -np.asarray(waic(np.stack(members)))
       sec["neg_waic"] = t_m
     if "regret" in fams:
-      steps = jnp.asarray(o.regret_steps, jnp.int32)
-      (reg, _, _), t_r = self._batched(lambda p, xb, k: self.regret_fn(p, xb, k, steps),
-                                       self.trained.params, x, o.regret_batch_size, salt=2)
+      refit = lambda p, xb, k: self.regret_fn(p, xb, k, o.regret_steps)
+      (reg, _, _), t_r = self._batched(refit, self.trained.params, x, o.regret_batch_size,
+                                       salt=2)
       out["regret"], sec["regret"] = reg, t_r
     out = {k: np.asarray(v, np.float32) for k, v in out.items()}
     out.update({f"_seconds:{k}": np.asarray(v, np.float64) for k, v in sec.items()})
