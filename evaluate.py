@@ -34,7 +34,7 @@ flags.DEFINE_integer("seed", 0, "Seed for the samples and the equal-size subsamp
 flags.DEFINE_string("scores", "paper", "'paper' (ELBO, L^{>k}, LLR^{>k} only), 'all', or a comma "
                     "list of baselines: iw_nll, typicality, complexity, bg_llr, waic, regret.")
 flags.DEFINE_string("background_checkpoint", None, "bg_llr: a model trained on perturbed inputs "
-                    "(scripts/train_background.py).")
+                    "(train.py --config.data.perturb_rate=0.2).")
 flags.DEFINE_list("ensemble_checkpoints", [], "waic: other independently seeded models of the same "
                   "architecture and data; the ensemble is these plus the scored model.")
 flags.DEFINE_integer("baseline_iw_samples", 100, "Importance samples S of log p(x) in the "

@@ -182,67 +182,10 @@ def input_complexity(model_bpd: Array, complexity_bpd: Array) -> Array:
 
 def background_llr(log_p_model: Array, log_p_background: Array) -> Array:
   """`[N]` -LLR(x) = -(log p_model(x) - log p_background(x)) (Ren et al. 2019, eq. 5 with the
-  sign flipped so that larger = more OOD); the background model is trained on inputs
-  perturbed by `perturb_images` and captures the population-level background statistics."""
+  sign flipped so that larger = more OOD); the background model is the same architecture
+  trained with `config.data.perturb_rate` = mu > 0 (`data.perturb`, fresh noise every step),
+  so it captures the population-level background statistics."""
   return jnp.asarray(log_p_background) - jnp.asarray(log_p_model)
-
-
-def perturb_images(images_uint8: np.ndarray, rate: float, seed: int) -> np.ndarray:
-  """Ren et al. (2019)'s input perturbation: each pixel value (each channel) is replaced, with
-  probability `rate` (their mu), by a uniform draw from {0, ..., 255}. Seeded numpy, uint8
-  in and out. For greyscale data the model's binarization then turns a replaced pixel into a
-  fair random bit (Bernoulli(U/255) with U uniform is Bernoulli(1/2))."""
-  x = np.asarray(images_uint8)
-  if x.dtype != np.uint8:
-    raise TypeError(f"perturb_images expects uint8 pixels, got {x.dtype}.")
-  if not 0.0 <= rate <= 1.0:
-    raise ValueError(f"perturbation rate must lie in [0, 1], got {rate}.")
-  rng = np.random.default_rng(seed)
-  mask = rng.random(x.shape, dtype=np.float32) < rate
-  noise = rng.integers(0, 256, x.shape, dtype=np.uint8)
-  return np.where(mask, noise, x)
-
-
-def perturb_model_input(x: Array, key: Array, rate: float) -> Array:
-  """Ren et al.'s perturbation on model input, fresh per call (jittable): with probability
-  `rate` each value becomes a fair random bit (float binarized input) or a uniform uint8
-  (integer input). For a train step: x = perturb_model_input(x, key, rate)."""
-  k_mask, k_val = jax.random.split(key)
-  mask = jax.random.uniform(k_mask, x.shape) < rate
-  if jnp.issubdtype(x.dtype, jnp.integer):
-    noise = jax.random.randint(k_val, x.shape, 0, 256).astype(x.dtype)
-  else:
-    noise = jax.random.bernoulli(k_val, 0.5, x.shape).astype(x.dtype)
-  return jnp.where(mask, noise, x)
-
-
-def write_perturbed_dataset(name: str, splits: Sequence[str], rate: float, seed: int,
-                            out_dir: str, data_dir: Optional[str] = None,
-                            source: str = "auto") -> str:
-  """Writes `{out_dir}/{name}.npz` holding `perturb_images` of each split (seed + split index)
-  and returns `out_dir`: train a background model on it with the unchanged training code by
-  setting config.data.data_dir = out_dir and config.data.source = 'npz'. An existing archive
-  made with the same settings is reused. The perturbation is drawn once per image (the
-  training loop's binarization stays fresh each step); see `perturb_model_input` for the
-  per-step variant, which needs a hook in train_lib."""
-  from hvae_jax import data  # pylint: disable=import-outside-toplevel
-  spec = data.get_spec(name)
-  if spec.npz_file is None:
-    raise ValueError(f"dataset {name!r} has no npz archive name; cannot write a perturbed copy.")
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, spec.npz_file)
-  meta = json.dumps({"name": name, "splits": list(splits), "rate": rate, "seed": seed},
-                    sort_keys=True)
-  if os.path.exists(path):
-    with np.load(path) as f:
-      if "_perturbation" in f.files and str(f["_perturbation"]) == meta:
-        return out_dir
-  arrays = {f"{s}_images": perturb_images(data.load_images(name, s, data_dir, source), rate,
-                                          seed + i) for i, s in enumerate(splits)}
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, _perturbation=meta, **arrays)
-  os.replace(tmp, path)
-  return out_dir
 
 
 # ----------------------------------------------------------------------------------------------
@@ -448,7 +391,7 @@ class BaselineScorer:
       raise ValueError(f"unknown score families {unknown}; choose from {sorted(FAMILIES)}.")
     if "bg_llr" in fams and background is None:
       raise ValueError("bg_llr needs a background model: pass --background_checkpoint (train "
-                       "one with scripts/train_background.py).")
+                       "one with train.py --config.data.perturb_rate=0.2).")
     if "waic" in fams and not self.ensemble:
       raise ValueError("waic needs an ensemble: pass --ensemble_checkpoints with at least one "
                        "more independently trained model of the same architecture.")

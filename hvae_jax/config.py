@@ -27,6 +27,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.test_split = "test"
   c.data.ood = ("mnist",)  # OOD test sets evaluate.py uses by default
   c.data.eval_binarize_seed = 0
+  # Ren et al.'s mu: each training step replaces every pixel value with this probability by
+  # uniform noise (data.perturb). > 0 only for background models (bg_llr score).
+  c.data.perturb_rate = 0.0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "hvae"  # 'hvae' or 'biva'
@@ -113,6 +116,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key in _NON_NEGATIVE:
     if _get(c, key) < 0:
       raise ValueError(f"config.{key} must be >= 0, got {_get(c, key)!r}.")
+  if not 0.0 <= c.data.perturb_rate <= 1.0:
+    raise ValueError(f"config.data.perturb_rate is a probability in [0, 1], got "
+                     f"{c.data.perturb_rate!r}.")
   try:
     blocks = [[tuple(int(v) for v in b) for b in stage] for stage in c.model.blocks]
     latents = [(str(kind), int(n)) for kind, n in c.model.latents]

@@ -268,6 +268,19 @@ def preprocess(images_uint8: Any, kind: str, key: Optional[Array] = None) -> Any
   raise ValueError(f"Unknown kind {kind!r}; choose one of {KINDS}.")
 
 
+def perturb(key: Array, images_uint8: Any, rate: float) -> Array:
+  """Ren et al. (2019)'s input perturbation, fresh per call: each pixel value (each channel)
+  is replaced with probability `rate` (their mu) by a uniform draw from {0, ..., 255}; uint8
+  `[B, H, W, C]` in and out, jittable. Applied before binarization, a replaced greyscale
+  pixel becomes a fair random bit (Bernoulli(U/255) with U uniform is Bernoulli(1/2))."""
+  x = jnp.asarray(images_uint8)
+  if x.dtype != jnp.uint8:
+    raise TypeError(f"perturb expects uint8 pixels, got dtype {x.dtype}.")
+  k_mask, k_val = jax.random.split(key)
+  noise = jax.random.randint(k_val, x.shape, 0, 256, jnp.int32).astype(jnp.uint8)
+  return jnp.where(jax.random.uniform(k_mask, x.shape) < rate, noise, x)
+
+
 def eval_binarize(images_uint8: np.ndarray, seed: int = 0) -> np.ndarray:
   """One fixed Bernoulli(pixel/255) draw of a whole evaluation set: float32 {0, 1}, same shape.
 

@@ -76,6 +76,8 @@ def make_train_step(model, config: ml_collections.ConfigDict, steps_per_epoch: i
   def step_fn(state: TrainState, batch: Array, root_key: Array):
     key = jax.random.fold_in(root_key, state.step)
     k_bin, k_model = jax.random.split(key)
+    if config.data.perturb_rate > 0:  # background model: fresh noise every step (Ren et al.)
+      batch = data.perturb(jax.random.fold_in(key, 2), batch, config.data.perturb_rate)
     x = model_input(batch, kind, k_bin)
     epoch = state.step / steps_per_epoch
     beta = objectives.kl_warmup(epoch, t.warmup_epochs)

@@ -10,7 +10,9 @@ export HVAE_DATA_DIR="${HVAE_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 RUN="${1:-workdirs/fmnist_hvae_small}"   # scripts/reproduce_fmnist.sh trains it
 CONFIG="${2:-configs/fmnist_hvae_small.py}"
 AUX_EPOCHS="${AUX_EPOCHS:-4}"            # epochs of the background model and ensemble members
-python scripts/train_background.py --config="$CONFIG" --workdir="${RUN}_bg" \
+# Background model: same architecture, every training input perturbed afresh each step with
+# Ren et al.'s mu = 0.2.
+python train.py --config="$CONFIG" --workdir="${RUN}_bg" --config.data.perturb_rate=0.2 \
   --config.train.epochs="$AUX_EPOCHS"
 MEMBERS=()
 for seed in 1 2; do

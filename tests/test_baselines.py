@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hvae_jax import api, baselines, evaluation, objectives, train_lib
+from hvae_jax import api, baselines, data, evaluation, objectives, train_lib
 from tests.helpers import DATA_DIR, REPO, fmnist_slice, mnist_slice, tiny_config, \
     tiny_model_and_params
 
@@ -218,33 +218,32 @@ def test_scores_parsing_and_reference_set_is_disjoint_from_scored_train_set():
   assert len(ref) == 40 and not set(ref) & set(scored)
 
 
-def test_perturbation_rate():
-  x = np.full((50, 28, 28, 1), 7, np.uint8)
-  assert np.array_equal(baselines.perturb_images(x, 0.0, 0), x)
-  p = baselines.perturb_images(x, 0.25, 0)
+def test_perturbation_replaces_pixels_at_the_rate_with_uniform_noise():
+  x = jnp.full((50, 28, 28, 1), 7, jnp.uint8)
+  assert np.array_equal(data.perturb(jax.random.key(0), x, 0.0), x)
+  p = np.asarray(data.perturb(jax.random.key(0), x, 0.25))
+  assert p.dtype == np.uint8
+  # a replaced pixel keeps its value with probability 1/256
   assert abs(np.mean(p != 7) - 0.25 * 255 / 256) < 0.01
-  xb = jnp.zeros((64, 28, 28, 1))
-  pb = baselines.perturb_model_input(xb, jax.random.key(0), 0.3)
-  assert abs(float(pb.mean()) - 0.15) < 0.01 and set(np.unique(pb)) <= {0.0, 1.0}
+  noise = p[p != 7].astype(np.float64)
+  assert abs(noise.mean() - 127.5) < 3 and noise.min() < 5 and noise.max() > 250
+  assert not np.array_equal(p, np.asarray(data.perturb(jax.random.key(1), x, 0.25)))
+  with pytest.raises(TypeError, match="uint8"):
+    data.perturb(jax.random.key(0), x.astype(jnp.float32), 0.1)
 
 
-def _train(workdir, seed, data_dir=None):
+def _train(workdir, seed, perturb_rate=0.0):
   c = tiny_config()
   c.seed = seed
   c.train.max_steps = 10
   c.train.sample_grid = 0
-  if data_dir:
-    c.data.data_dir, c.data.source = data_dir, "npz"
+  c.data.perturb_rate = perturb_rate
   train_lib.train_and_evaluate(c, workdir)
   return workdir
 
 
 def test_evaluate_cli_scores_all_writes_every_row(tiny_workdir, tmp_path):
-  perturbed = baselines.write_perturbed_dataset("fashion_mnist", ("train", "test"), 0.2, 0,
-                                                str(tmp_path / "perturbed"), DATA_DIR, "npz")
-  with np.load(os.path.join(perturbed, "fashion_mnist.npz")) as f:
-    assert f["train_images"].shape == (60000, 28, 28, 1)
-  bg = _train(str(tmp_path / "bg"), 0, perturbed)
+  bg = _train(str(tmp_path / "bg"), 0, perturb_rate=0.2)
   ens = _train(str(tmp_path / "ens"), 1)
   out = tmp_path / "eval"
   env = dict(os.environ, HVAE_DATA_DIR=DATA_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

@@ -85,6 +85,23 @@ def test_nan_policy_skip_keeps_training(tmp_path):
   assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree_util.tree_leaves(state.params))
 
 
+def test_perturb_rate_feeds_the_step_fresh_noise_instead_of_the_data(tmp_path):
+  # Ren et al.'s background model: with mu = 1 every input pixel is noise, so an all-black
+  # and an all-white batch give the same loss; with mu = 0 they differ.
+  losses = {}
+  for rate in (0.0, 1.0):
+    config = tiny_config(data__perturb_rate=rate)
+    model = build_model(config, (28, 28, 1))
+    step = jax.jit(train_lib.make_train_step(model, config, steps_per_epoch=100, kind="binary"))
+    state = train_lib.init_state(model, config, data.eval_binarize(fmnist_slice(8), 0))
+    losses[rate] = [float(step(state, np.full((8, 28, 28, 1), v, np.uint8),
+                               jax.random.key(0))[1]["loss"]) for v in (0, 255)]
+  assert losses[0.0][0] != pytest.approx(losses[0.0][1], rel=1e-3)
+  assert losses[1.0][0] == pytest.approx(losses[1.0][1], rel=1e-6)
+  with pytest.raises(ValueError, match="perturb_rate"):
+    train_lib.train_and_evaluate(tiny_config(data__perturb_rate=1.5), str(tmp_path))
+
+
 def test_bad_config_value_is_reported_by_name(tmp_path):
   config = tiny_config(model__likelihood="gaussian")
   with pytest.raises(ValueError, match="model.likelihood"):
