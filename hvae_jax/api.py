@@ -119,7 +119,7 @@ def load_model(path: str, config: Optional[ml_collections.ConfigDict] = None) ->
   if config is None:
     if "config" not in meta:
       raise checkpoints.CheckpointError(f"checkpoint {path} has no saved config; pass --config.")
-    config = ml_collections.ConfigDict(meta["config"])
+    config = config_lib.from_saved(meta["config"])
   config_lib.validate(config)
   image_shape = tuple(meta.get("image_shape") or data.DATASETS[config.data.name].image_shape)
   kind = meta.get("kind") or data.DATASETS[config.data.name].kind

@@ -96,6 +96,14 @@ def _get(c: ml_collections.ConfigDict, dotted: str):
   return c
 
 
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """A config saved with a checkpoint (config.json), laid over `base_config()`: checkpoints
+  written before a key existed load with that key's default (e.g. data.perturb_rate = 0)."""
+  c = base_config()
+  c.update(saved)
+  return c
+
+
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks types and ranges; raises ValueError naming the key and the allowed values."""
   base = base_config()
