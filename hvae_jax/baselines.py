@@ -246,8 +246,8 @@ class LikelihoodRegret:
   models.
 
   The step loop runs in Python, one jitted vmapped step per call: XLA:CPU runs the same step
-  about 4x slower inside `lax.fori_loop`/`lax.scan` (fmnist_hvae_small, one example: 50 vs
-  12 ms per step; bench/RESULTS.md), and a Python loop needs no recompilation per step count.
+  4-10x slower inside `lax.fori_loop` (bench/regret_throughput.py, bench/RESULTS.md), and a
+  Python loop needs no recompilation per step count.
   """
 
   def __init__(self, model: nn.Module, lr: float, iw_samples: int = 1, chunk_size: int = 16):
