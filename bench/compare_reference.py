@@ -280,11 +280,22 @@ def ref_main(a):
 # ------------------------------------------------------------------------------------------
 # Parent: runs the children one after the other and prints the comparison
 # ------------------------------------------------------------------------------------------
-def loadavg() -> float:
+def busy_cores(seconds: float = 3.0) -> float:
+  """Cores' worth of CPU time other work used over the last `seconds` (from /proc/stat).
+
+  Unlike the 1-minute load average, this is not inflated by the previous child, which this
+  script itself has just run."""
+  def snap():
+    with open("/proc/stat", encoding="ascii") as f:
+      v = [int(t) for t in f.readline().split()[1:]]
+    return sum(v), v[3] + v[4]  # total, idle + iowait
   try:
-    return os.getloadavg()[0]
+    t0, i0 = snap()
+    time.sleep(seconds)
+    t1, i1 = snap()
   except OSError:
     return float("nan")
+  return (1.0 - (i1 - i0) / max(t1 - t0, 1)) * (os.cpu_count() or 1)
 
 
 def child_args(a, role, stage) -> list[str]:
@@ -299,8 +310,9 @@ def child_args(a, role, stage) -> list[str]:
 
 def run_child(cmd, env, cpus, tag) -> dict:
   """Runs one measuring process pinned to `cpus`; streams its output; returns its RESULT."""
-  t0, load0 = time.time(), loadavg()
-  log(f"=== {tag} (1-min load average before: {load0:.2f}) ===")
+  busy0 = busy_cores()
+  t0 = time.time()
+  log(f"=== {tag} (busy cores before: {busy0:.2f}) ===")
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, cwd=REPO, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
   result, tail = None, []
@@ -313,7 +325,7 @@ def run_child(cmd, env, cpus, tag) -> dict:
   if proc.wait() != 0 or result is None:
     raise SystemExit(f"{tag} failed (exit {proc.returncode}); last output:\n{''.join(tail)}")
   result["wall_s"] = time.time() - t0
-  result["load_avg_before"] = load0
+  result["busy_cores_before"] = busy0
   return result
 
 
@@ -399,11 +411,11 @@ def report(a, ours: dict, ref: dict, settings: dict) -> str:
   if "eval_rss_after_mb" in ours:
     out.append("  eval process, max RSS after each measure: " + ", ".join(
         f"{k} {v:.0f}" for k, v in ours["eval_rss_after_mb"].items()))
-  loads = ", ".join(f"{k} {v:.2f}" for k, v in settings["load_avg_before"].items())
-  out.append(f"1-min load average before each process: {loads}")
-  if max(settings["load_avg_before"].values()) > 0.5:
-    out.append("WARNING: the machine was busy (load average > 0.5) before a measurement; other "
-               "work shares the cores, so these timings are not clean.")
+  busy = ", ".join(f"{k} {v:.2f}" for k, v in settings["busy_cores_before"].items())
+  out.append(f"busy cores in the 3 s before each process: {busy}")
+  if max(settings["busy_cores_before"].values()) > 0.3:
+    out.append("WARNING: other work used > 0.3 cores before a measurement; it shares the "
+               "cores, so these timings are not clean.")
   return "\n".join(out)
 
 
@@ -434,7 +446,7 @@ def parent_main(a):
   settings = dict(cpus=cpus, threads=threads, xla_flags=ours_env["XLA_FLAGS"],
                   jax_devices=a.jax_devices, torch_threads=threads,
                   omp_mkl_num_threads=threads, quick=a.quick, python=platform.python_version(),
-                  machine=platform.machine(), load_avg_before={})
+                  machine=platform.machine(), busy_cores_before={})
   t_start = time.time()
   ours, ref = {}, {}
   ours_rss, ref_rss = {}, {}
@@ -442,7 +454,7 @@ def parent_main(a):
   def ours_stage(stage):
     r = run_child([sys.executable] + child_args(a, "ours", stage), ours_env, cpus,
                   f"ours: {stage}")
-    settings["load_avg_before"][f"ours_{stage}"] = r["load_avg_before"]
+    settings["busy_cores_before"][f"ours_{stage}"] = r["busy_cores_before"]
     ours_rss[stage] = r["max_rss_mb"]
     ours.setdefault("compile_s", {}).update(r["compile_s"])
     ours.setdefault("xla_temp_mb", {}).update(r.get("xla_temp_mb", {}))
@@ -460,7 +472,7 @@ def parent_main(a):
       return
     r = run_child([a.ref_python] + child_args(a, "ref", stage), ref_env, cpus,
                   f"reference: {stage}")
-    settings["load_avg_before"][f"ref_{stage}"] = r["load_avg_before"]
+    settings["busy_cores_before"][f"ref_{stage}"] = r["busy_cores_before"]
     ref_rss[stage] = r["max_rss_mb"]
     ref["n_params"] = r["n_params"]
     ref.setdefault("info", dict(machine=r["machine"], cpus=r["cpus"],
