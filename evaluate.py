@@ -38,10 +38,13 @@ flags.DEFINE_string("background_checkpoint", None, "bg_llr: a model trained on p
 flags.DEFINE_list("ensemble_checkpoints", [], "waic: other independently seeded models of the same "
                   "architecture and data; the ensemble is these plus the scored model.")
 flags.DEFINE_integer("baseline_iw_samples", 100, "Importance samples S of log p(x) in the "
-                     "likelihood-based baselines (iw_nll, typicality, complexity, bg_llr, waic).")
+                     "likelihood-based baselines (iw_nll, typicality, complexity, bg_llr, waic, and regret's "
+                     "before/after bounds).")
 flags.DEFINE_integer("typicality_batch", 10, "Batch size M of the batch-level typicality test.")
 flags.DEFINE_integer("regret_steps", 100, "Likelihood regret: Adam steps refitting the encoder.")
 flags.DEFINE_float("regret_lr", 2e-4, "Likelihood regret: Adam learning rate.")
+flags.DEFINE_float("regret_weight_decay", 5e-5, "Likelihood regret: L2 weight decay added to "
+                   "the encoder's gradient (Xiao et al.'s code: 5e-5).")
 
 _ALIASES = {"svhn": "svhn_cropped", "fmnist": "fashion_mnist"}
 
@@ -65,7 +68,8 @@ def _baseline_scorer(trained, in_test, in_train, settings, out_dir):
       families=tuple(families), iw_samples=FLAGS.baseline_iw_samples,
       chunk_size=trained.config.eval.chunk_size, batch_size=settings.batch_size,
       typicality_batch=FLAGS.typicality_batch, regret_steps=FLAGS.regret_steps,
-      regret_lr=FLAGS.regret_lr, seed=settings.seed)
+      regret_lr=FLAGS.regret_lr, regret_weight_decay=FLAGS.regret_weight_decay,
+      seed=settings.seed)
   background = (api.load_model(FLAGS.background_checkpoint)
                 if "bg_llr" in families else None)
   own = os.path.abspath(trained.path)  # the scored model is always a member: not twice
