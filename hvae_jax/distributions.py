@@ -28,6 +28,7 @@ channel j in [-1, 1]. For C = 1 that is P = 3M; for C = 3 (RGB) it is P = 10M wi
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -153,9 +154,13 @@ def dmol_channels(num_params: int, num_mix: int) -> int:
                    f"num_mix={num_mix}; expected num_mix * (1 + 2C + C(C-1)/2).")
 
 
-def _dmol_split(params: Array, channels: int, num_mix: int):
+def _dmol_split(params: Array, num_mix: int, channels: Optional[int] = None):
   """Splits `[..., P]` into logits `[..., M]`, means, log-scales `[..., C, M]` (log-scales
-  clamped to >= -7) and tanh-squashed coupling coefficients `[..., C(C-1)/2, M]`."""
+  clamped to >= -7) and tanh-squashed coupling coefficients `[..., C(C-1)/2, M]`; C is
+  inferred from P when `channels` is None."""
+  params = jnp.asarray(params)
+  if channels is None:
+    channels = dmol_channels(params.shape[-1], num_mix)
   expected = dmol_num_params(channels, num_mix)
   if params.shape[-1] != expected:
     raise ValueError(f"DMoL params have {params.shape[-1]} entries on the last axis; "
@@ -205,7 +210,7 @@ def dmol_log_prob(x_uint8: Array, params: Array, num_mix: int) -> Array:
   lead = jnp.broadcast_shapes(x_uint8.shape[:-1], params.shape[:-1])
   x_uint8 = jnp.broadcast_to(x_uint8, (*lead, channels))
   params = jnp.broadcast_to(params, (*lead, params.shape[-1]))
-  logits, means, log_scales, coeffs = _dmol_split(params, channels, num_mix)
+  logits, means, log_scales, coeffs = _dmol_split(params, num_mix, channels)
   x = (_f32(x_uint8) / 127.5 - 1.0)[..., None]  # [..., C, 1]
   locs = [means[..., c, :] for c in range(channels)]
   for row, c, j in _pairs(channels):
@@ -276,13 +281,11 @@ def dmol_sample(key: Array, params: Array, num_mix: int) -> Array:
   Returns:
     uint8 `[..., H, W, C]`.
   """
-  params = jnp.asarray(params)
-  channels = dmol_channels(params.shape[-1], num_mix)
-  logits, means, log_scales, coeffs = _dmol_split(params, channels, num_mix)
+  logits, means, log_scales, coeffs = _dmol_split(params, num_mix)
   k_mix, k_logistic = jax.random.split(key)
   comp = jnp.argmax(logits + jax.random.gumbel(k_mix, logits.shape, jnp.float32), axis=-1)
   one_hot = jax.nn.one_hot(comp, num_mix, dtype=jnp.float32)
-  noise = jax.random.logistic(k_logistic, (*logits.shape[:-1], channels), jnp.float32)
+  noise = jax.random.logistic(k_logistic, means.shape[:-1], jnp.float32)
   return _decode(one_hot, means, log_scales, coeffs, noise).astype(jnp.uint8)
 
 
@@ -300,8 +303,6 @@ def dmol_mode(params: Array, num_mix: int) -> Array:
   Returns:
     uint8 `[..., H, W, C]`.
   """
-  params = jnp.asarray(params)
-  channels = dmol_channels(params.shape[-1], num_mix)
-  logits, means, log_scales, coeffs = _dmol_split(params, channels, num_mix)
+  logits, means, log_scales, coeffs = _dmol_split(params, num_mix)
   one_hot = jax.nn.one_hot(jnp.argmax(logits, axis=-1), num_mix, dtype=jnp.float32)
   return _decode(one_hot, means, log_scales, coeffs, None).astype(jnp.uint8)
