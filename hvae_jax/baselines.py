@@ -544,6 +544,10 @@ class BaselineScorer:
       (reg, _, _), t_r = self._batched(refit, self.trained.params, x, o.regret_batch_size,
                                        salt=2)
       out["regret"], sec["regret"] = reg, t_r
+      if np.mean(reg) < 0:  # the refit should raise log p̂(x); on average it lowered it
+        print(f"Note: mean likelihood regret {float(np.mean(reg)):.2f} nats < 0: the "
+              f"{o.regret_steps}-step encoder refit (lr {o.regret_lr}) lowered log p(x) on "
+              f"average instead of raising it; a smaller --regret_lr may suit this model.")
     out = {k: np.asarray(v, np.float32) for k, v in out.items()}
     out.update({f"_seconds:{k}": np.asarray(v, np.float64) for k, v in sec.items()})
     return out
