@@ -365,6 +365,16 @@ class BaselineOptions:
   regret_batch_size: int = 32  # examples refit at once (each with its own encoder copy)
   seed: int = 0
 
+  def __post_init__(self):
+    # Checked here, so a bad flag fails before minutes of scoring rather than after.
+    for name in ("iw_samples", "chunk_size", "batch_size", "typicality_batch",
+                 "regret_batch_size"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"baseline option {name} must be >= 1, got {getattr(self, name)}.")
+    if self.regret_steps < 0 or self.regret_lr <= 0 or self.regret_weight_decay < 0:
+      raise ValueError(f"likelihood regret needs steps >= 0, lr > 0 and weight decay >= 0; got "
+                       f"{self.regret_steps}, {self.regret_lr}, {self.regret_weight_decay}.")
+
 
 class BaselineScorer:
   """`extra_scores` for `evaluation.run`: `scorer(tag, images_uint8)` -> {row: [N] scores,

@@ -199,6 +199,10 @@ def test_likelihood_regret_is_an_adam_refit_of_the_encoder_per_example(setup):
   assert np.mean(reg) > 0 and np.mean(reg > -1.0) >= 0.9, reg
   with pytest.raises(ValueError, match="steps must be >= 0"):
     regret(t.params, x, key, -1)
+  with pytest.raises(ValueError, match="regret needs steps >= 0"):
+    baselines.BaselineOptions(regret_lr=0.0)
+  with pytest.raises(ValueError, match="iw_samples must be >= 1"):
+    baselines.BaselineOptions(iw_samples=0)
   # Only the inference network moves: the decoder gets no gradient through infer().
   enc, dec = baselines.split_encoder(t.params)
   assert set(enc) | set(dec) == set(t.params) and all(k.startswith("q_") for k in enc)
