@@ -38,8 +38,8 @@ flags.DEFINE_string("background_checkpoint", None, "bg_llr: a model trained on p
 flags.DEFINE_list("ensemble_checkpoints", [], "waic: other independently seeded models of the same "
                   "architecture and data; the ensemble is these plus the scored model.")
 flags.DEFINE_integer("baseline_iw_samples", 100, "Importance samples S of log p(x) in the "
-                     "likelihood-based baselines (iw_nll, typicality, complexity, bg_llr, waic, and regret's "
-                     "before/after bounds).")
+                     "likelihood-based baselines (iw_nll, typicality, complexity, bg_llr, waic, "
+                     "and regret's before/after bounds).")
 flags.DEFINE_integer("typicality_batch", 10, "Batch size M of the batch-level typicality test.")
 flags.DEFINE_integer("regret_steps", 100, "Likelihood regret: Adam steps refitting the encoder.")
 flags.DEFINE_float("regret_lr", 2e-4, "Likelihood regret: Adam learning rate.")
