@@ -12,8 +12,11 @@ calibrated threshold and per-example score caches into --output.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hvae_jax.config import DEFAULT_WORKDIR, parse_flags_or_exit
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Training workdir (uses its latest checkpoint).")
+flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "Training workdir (uses its latest checkpoint); "
+                    "the default is train.py's.")
 flags.DEFINE_string("checkpoint", None, "A checkpoint: a workdir, its checkpoints/ folder, a step "
                     "directory, or a shipped model under pretrained/. Overrides --workdir.")
 config_flags.DEFINE_config_file("config", None, "Config file to use instead of the one saved "
@@ -93,8 +96,6 @@ def main(argv):
   from hvae_jax import api, data, evaluation, train_lib  # pylint: disable=import-outside-toplevel
   from hvae_jax.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
   path = FLAGS.checkpoint or FLAGS.workdir
-  if not path:
-    raise SystemExit("error: pass --workdir=<training workdir> or --checkpoint=<checkpoint dir>.")
   try:
     trained = api.load_model(path, FLAGS.config)
     c = trained.config
@@ -135,5 +136,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from hvae_jax.config import parse_flags_or_exit
   app.run(main, flags_parser=parse_flags_or_exit)

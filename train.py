@@ -6,10 +6,12 @@ Override any knob from the command line, e.g. --config.train.batch_size=64.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hvae_jax.config import DEFAULT_WORKDIR, parse_flags_or_exit
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/fmnist_hvae.py", "Experiment config file.",
                                 lock_config=True)
-flags.DEFINE_string("workdir", "workdirs/default", "Checkpoints, metrics and samples go here.")
+flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "Checkpoints, metrics and samples go here.")
 flags.DEFINE_string("data_dir", None, "Folder with the offline .npz datasets (or tfds data_dir); "
                     "defaults to $HVAE_DATA_DIR.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
@@ -34,5 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from hvae_jax.config import parse_flags_or_exit
   app.run(main, flags_parser=parse_flags_or_exit)

@@ -12,6 +12,9 @@ FMNIST_BLOCKS = (((64, 5, 1), (64, 5, 1), (64, 5, 2)),
                  ((64, 3, 1), (64, 3, 1), (64, 3, 2)),
                  ((64, 3, 1), (64, 3, 1), (64, 3, 1)))
 FMNIST_LATENTS = (("conv", 8), ("dense", 16), ("dense", 8))
+# train.py writes here and evaluate.py reads here unless --workdir says otherwise, so
+# `python train.py --config=...` followed by `python evaluate.py --ood=...` just works.
+DEFAULT_WORKDIR = "workdirs/default"
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -11,9 +11,9 @@ from hvae_jax import api, checkpoints
 from tests.helpers import DATA_DIR, REPO, fmnist_slice, mnist_slice, tiny_config
 
 
-def _run(*args):
+def _run(*args, cwd=REPO):
   env = dict(os.environ, HVAE_DATA_DIR=DATA_DIR)
-  return subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), *args], cwd=REPO,
+  return subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), *args], cwd=cwd,
                         env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -47,6 +47,19 @@ def test_evaluate_cli_clear_errors(tiny_workdir, tmp_path):
   assert r.returncode != 0 and "Unknown dataset" in r.stderr and "Traceback" not in r.stderr
   r = _run(f"--workdir={tiny_workdir}", "--config=configs/fmnist_hvae.py")  # other architecture
   assert r.returncode != 0 and "checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_evaluate_cli_reads_train_py_default_workdir(tiny_workdir, tmp_path):
+  # `python train.py --config=...` then `python evaluate.py --ood=...`: no --workdir on either.
+  r = _run("--ood=mnist", cwd=tmp_path)
+  assert r.returncode != 0 and "Traceback" not in r.stderr
+  assert "no checkpoint found" in r.stderr and os.path.join("workdirs", "default") in r.stderr
+  (tmp_path / "workdirs").mkdir()
+  os.symlink(tiny_workdir, tmp_path / "workdirs" / "default")
+  r = _run("--ood=mnist", "--max_examples=32", "--k=1", f"--output={tmp_path / 'eval'}",
+           cwd=tmp_path)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "| llr_k1 |" in r.stdout and (tmp_path / "eval" / "results.json").exists()
 
 
 def test_library_api_scores_raw_images_and_rejects_bad_ones(tiny_workdir):
