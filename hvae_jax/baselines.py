@@ -9,6 +9,7 @@ log p̂(x) the importance-weighted bound `ood.iw_bounds(k=0)` with S samples (S 
                                                                   (Nalisnick et al. 2019)
   typicality_batch | mean_{batch of M} -log p̂ - Ĥ |, per example: the score of its batch
   complexity_png  S(x) = bpd_model(x) - L(x), L = PNG length in bits/dim (Serrà et al. 2020)
+  complexity_jp2  the same with L = lossless JPEG 2000 length (Serrà et al.'s second codec)
   bg_llr          log p̂_background(x) - log p̂_model(x)          (Ren et al. 2019)
   neg_waic        -(E_θ[log p̂(x|θ)] - Var_θ[log p̂(x|θ)])         (Choi et al. 2018)
   regret          log p̂(x; φ*(x)) - log p̂(x; φ), φ* = encoder refit to x (Xiao et al. 2020)
@@ -22,7 +23,8 @@ results in the evaluation output folder.
 FLIF (the compressor Serrà et al. found best) is not offered: no FLIF binding is installable
 from PyPI (`pip download --no-deps` finds no 'flif', 'pyflif', 'python-flif', 'flifpy' or
 'pillow-flif'; Pillow has no FLIF codec and the imagecodecs wheel ships none either, only
-FLIF's successor JPEG XL). PNG via Pillow (compress_level=9) is used instead.
+FLIF's successor JPEG XL). Serrà et al.'s other two codecs, PNG and JPEG 2000, both come with
+Pillow's wheels and are used instead.
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ Array = jax.Array
 FAMILIES: dict[str, tuple[str, ...]] = {
     "iw_nll": ("iw_nll",),
     "typicality": ("typicality", "typicality_batch"),
-    "complexity": ("complexity_png",),
+    "complexity": ("complexity_png", "complexity_jp2"),
     "bg_llr": ("bg_llr",),
     "waic": ("neg_waic",),
     "regret": ("regret",),
@@ -137,15 +139,37 @@ def batch_typicality(nll: np.ndarray, entropy: float, batch: int, seed: int = 0)
 # Input complexity (Serrà, Álvarez, Gómez, Slizovskaia, Núñez & Luque 2020)
 
 
-def png_bits_per_dim(images: np.ndarray, compress_level: int = 9) -> np.ndarray:
-  """`[N]` L(x): length in bits per dimension of each image as a PNG file (Pillow,
-  `compress_level`), header included, as Serrà et al. (and Xiao et al.'s code) do.
+# Lossless codecs for L(x): Pillow's PNG (zlib level 9) and JPEG 2000 (OpenJPEG, reversible 5/3
+# wavelet, bare J2K codestream: the JP2 container only adds a constant).
+CODECS: tuple[str, ...] = ("png", "jp2")
+
+
+def _encoded_bytes(img: np.ndarray, binary: bool, codec: str) -> int:
+  """Bytes of one `[H, W, C]` image compressed losslessly with `codec`."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  px = img.astype(np.uint8)
+  if binary and codec == "png":
+    pil = Image.fromarray(px[..., 0].astype(bool))  # mode '1': a 1-bit PNG
+  else:  # 'L' or 'RGB'; JPEG 2000 has no 1-bit mode, and {0, 1}'s empty bit planes cost ~nothing
+    pil = Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px)
+  with io.BytesIO() as f:
+    if codec == "png":
+      pil.save(f, format="PNG", compress_level=9)
+    else:
+      pil.save(f, format="JPEG2000", irreversible=False, no_jp2=True)
+    return f.getbuffer().nbytes
+
+
+def compressed_bits_per_dim(images: np.ndarray, codec: str = "png") -> np.ndarray:
+  """`[N]` L(x): length in bits per dimension of each image compressed losslessly by `codec`
+  ('png' or 'jp2', see `CODECS`), headers included, as Serrà et al. (and Xiao et al.'s code) do.
 
   `images` `[N, H, W, C]`: float {0, 1} (binarized model input) is written as a 1-bit PNG
-  (mode '1'), integer pixels as 8-bit greyscale ('L', C = 1) or RGB ('RGB', C = 3).
-  D = H * W * C.
+  (mode '1') or an 8-bit JPEG 2000 of 0s and 1s, integer pixels as 8-bit greyscale (C = 1) or
+  RGB (C = 3). D = H * W * C.
   """
-  from PIL import Image  # pylint: disable=import-outside-toplevel
+  if codec not in CODECS:
+    raise ValueError(f"unknown codec {codec!r}; choose from {CODECS}.")
   x = np.asarray(images)
   if x.ndim != 4 or x.shape[-1] not in (1, 3):
     raise ValueError(f"images must be [N, H, W, 1 or 3], got {x.shape}.")
@@ -153,18 +177,7 @@ def png_bits_per_dim(images: np.ndarray, compress_level: int = 9) -> np.ndarray:
   if binary and x.size and not np.all((x == 0) | (x == 1)):
     raise ValueError("float images must be binary {0, 1} (the binarized model input).")
   dims = math.prod(x.shape[1:])
-  out = np.empty((len(x),), np.float32)
-  for i, img in enumerate(x):
-    if binary:
-      pil = Image.fromarray(img[..., 0].astype(bool))  # mode '1'
-    elif x.shape[-1] == 1:
-      pil = Image.fromarray(img[..., 0].astype(np.uint8), mode="L")
-    else:
-      pil = Image.fromarray(img.astype(np.uint8), mode="RGB")
-    with io.BytesIO() as f:
-      pil.save(f, format="PNG", compress_level=compress_level)
-      out[i] = 8.0 * f.getbuffer().nbytes / dims
-  return out
+  return np.asarray([8.0 * _encoded_bytes(img, binary, codec) / dims for img in x], np.float32)
 
 
 def input_complexity(model_bpd: Array, complexity_bpd: Array) -> Array:
@@ -378,7 +391,7 @@ class BaselineOptions:
 
 class BaselineScorer:
   """`extra_scores` for `evaluation.run`: `scorer(tag, images_uint8)` -> {row: [N] scores,
-  '_seconds:<row>': seconds, plus 'iw_bpd'/'png_bpd' bits/dim}.
+  '_seconds:<row>': seconds, plus 'iw_bpd' and '<codec>_bpd' bits/dim}.
 
   `trained`'s `model_inputs` (its fixed binarization) feeds every model, so the background
   and ensemble models score the very same inputs. The ensemble for WAIC is `trained` plus
@@ -532,11 +545,12 @@ class BaselineScorer:
       out["typicality_batch"] = batch_typicality(-lp, h, o.typicality_batch, o.seed)
       sec["typicality"] = sec["typicality_batch"] = t_lp
     if "complexity" in fams:
-      t0 = time.time()
-      png = png_bits_per_dim(x)
-      out["png_bpd"] = png
-      out["complexity_png"] = np.asarray(input_complexity(out["iw_bpd"], png))
-      sec["complexity_png"] = t_lp + time.time() - t0
+      for codec in CODECS:
+        t0 = time.time()
+        out[f"{codec}_bpd"] = compressed_bits_per_dim(x, codec)
+        out[f"complexity_{codec}"] = np.asarray(input_complexity(out["iw_bpd"],
+                                                                out[f"{codec}_bpd"]))
+        sec[f"complexity_{codec}"] = t_lp + time.time() - t0
     if "bg_llr" in fams:
       lp_bg, t_bg = self.log_likelihoods(self.background, x)
       out["bg_llr"] = np.asarray(background_llr(lp, lp_bg))

@@ -40,7 +40,7 @@ def orientation(name: str) -> int:
   """+1 if larger = more OOD. Bounds (elbo, lk_*) are log-likelihoods: lower = more OOD.
 
   LLR^{>k} (llr_*) and the baselines of `hvae_jax.baselines` (iw_nll, typicality,
-  typicality_batch, complexity_png, bg_llr, neg_waic, regret) are built larger = more OOD.
+  typicality_batch, complexity_png/_jp2, bg_llr, neg_waic, regret) are built larger = more OOD.
   """
   return 1 if name.startswith("llr") or baselines.larger_is_ood(name) else -1
 

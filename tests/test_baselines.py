@@ -122,7 +122,7 @@ def _png_unfilter(raw: bytes, row_bytes: int, height: int) -> np.ndarray:
   return np.stack(out).astype(np.uint8)
 
 
-def test_png_length_in_bits_per_dim_and_complexity_score(setup):
+def test_compressed_lengths_in_bits_per_dim_and_complexity_scores(setup):
   x = setup["x"]  # binarized {0, 1} model input
   for i in range(2):
     with io.BytesIO() as f:
@@ -139,11 +139,26 @@ def test_png_length_in_bits_per_dim_and_complexity_score(setup):
   rgb = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
   with io.BytesIO() as f:
     Image.fromarray(rgb[1]).save(f, format="PNG", compress_level=9)
-    assert baselines.png_bits_per_dim(rgb)[1] == pytest.approx(8 * f.tell() / 192)
+    assert baselines.compressed_bits_per_dim(rgb, "png")[1] == pytest.approx(8 * f.tell() / 192)
+  # JPEG 2000: a lossless J2K codestream (decoded back to the very pixels) of that length.
+  for img, expected in ((x[0], setup["out"]["jp2_bpd"][0]),
+                        (rgb[1], baselines.compressed_bits_per_dim(rgb, "jp2")[1])):
+    px = img.astype(np.uint8)
+    with io.BytesIO() as f:
+      Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px).save(
+          f, format="JPEG2000", irreversible=False, no_jp2=True)
+      data = f.getvalue()
+    assert data[:4] == b"\xff\x4f\xff\x51"  # SOC + SIZ markers: a bare codestream
+    decoded = np.asarray(Image.open(io.BytesIO(data))).reshape(px.shape)
+    np.testing.assert_array_equal(decoded, px)
+    assert expected == pytest.approx(8 * len(data) / px.size)
+  with pytest.raises(ValueError, match="unknown codec"):
+    baselines.compressed_bits_per_dim(rgb, "flif")
   # Serrà et al.'s S = -log2 p_M / D - L: model bits/dim minus compressed bits/dim.
   lp = setup["hand_loglik"](setup["trained"].params, x)
-  _close(setup["out"]["complexity_png"], -lp / (784 * np.log(2)) - setup["out"]["png_bpd"],
-         atol=1e-4)
+  for codec in baselines.CODECS:
+    _close(setup["out"][f"complexity_{codec}"],
+           -lp / (784 * np.log(2)) - setup["out"][f"{codec}_bpd"], atol=1e-4)
 
 
 def test_background_llr_is_the_difference_of_the_two_models_bounds(setup):
