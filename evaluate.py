@@ -86,7 +86,7 @@ def _baseline_scorer(trained, in_test, in_train, settings, out_dir):
     reference = in_train[baselines.reference_indices(len(in_train), n_eval, n_eval,
                                                      settings.seed)]
   return baselines.BaselineScorer(trained, options, background, ensemble, reference,
-                                  cache_dir=out_dir)
+                                  cache_dir=out_dir, progress=True)
 
 
 def main(argv):

@@ -144,6 +144,17 @@ def batch_typicality(nll: np.ndarray, entropy: float, batch: int, seed: int = 0)
 CODECS: tuple[str, ...] = ("png", "jp2")
 
 
+def check_codec(codec: str) -> None:
+  """Raises a ValueError/RuntimeError saying what to do if `codec` cannot be used here."""
+  from PIL import features  # pylint: disable=import-outside-toplevel
+  if codec not in CODECS:
+    raise ValueError(f"unknown codec {codec!r}; choose from {CODECS}.")
+  if codec == "jp2" and not features.check("jpg_2000"):
+    raise RuntimeError("this Pillow was built without OpenJPEG, which the input-complexity "
+                       "score's JPEG 2000 codec needs: install Pillow's PyPI wheel "
+                       "(pip install --force-reinstall pillow), which includes it.")
+
+
 def _encoded_bytes(img: np.ndarray, binary: bool, codec: str) -> int:
   """Bytes of one `[H, W, C]` image compressed losslessly with `codec`."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
@@ -168,8 +179,7 @@ def compressed_bits_per_dim(images: np.ndarray, codec: str = "png") -> np.ndarra
   (mode '1') or an 8-bit JPEG 2000 of 0s and 1s, integer pixels as 8-bit greyscale (C = 1) or
   RGB (C = 3). D = H * W * C.
   """
-  if codec not in CODECS:
-    raise ValueError(f"unknown codec {codec!r}; choose from {CODECS}.")
+  check_codec(codec)
   x = np.asarray(images)
   if x.ndim != 4 or x.shape[-1] not in (1, 3):
     raise ValueError(f"images must be [N, H, W, 1 or 3], got {x.shape}.")
@@ -399,15 +409,16 @@ class BaselineScorer:
   images, uint8) give Ĥ for the typicality test. Seconds per row count everything that row
   needs on that set (shared log p̂ passes included, compilation included; the one-off Ĥ pass
   excluded). With `cache_dir`, results are stored per set as baselines_<tag>.npz and reused
-  when the settings, models and images are the same.
+  when the settings, models and images are the same. `progress` shows a tqdm bar per pass
+  (likelihood regret takes minutes per set on a CPU).
   """
 
   def __init__(self, trained: "TrainedModel", options: BaselineOptions,
                background: Optional["TrainedModel"] = None,
                ensemble: Sequence["TrainedModel"] = (),
                reference_images: Optional[np.ndarray] = None,
-               cache_dir: Optional[str] = None):
-    self.trained, self.options = trained, options
+               cache_dir: Optional[str] = None, progress: bool = False):
+    self.trained, self.options, self.progress = trained, options, progress
     self.background, self.ensemble = background, list(ensemble)
     self.reference_images, self.cache_dir = reference_images, cache_dir
     fams = options.families
@@ -420,6 +431,9 @@ class BaselineScorer:
     if "waic" in fams and not self.ensemble:
       raise ValueError("waic needs an ensemble: pass --ensemble_checkpoints with at least one "
                        "more independently trained model of the same architecture.")
+    if "complexity" in fams:
+      for codec in CODECS:
+        check_codec(codec)
     if "typicality" in fams and (reference_images is None or len(reference_images) == 0):
       raise ValueError("typicality needs in-distribution training images for Ĥ.")
     for other, what in [(background, "background")] + [(m, "ensemble") for m in self.ensemble]:
@@ -467,35 +481,40 @@ class BaselineScorer:
     return self._fns["regret"]
 
   def _batched(self, fn: Callable, params: Any, x: np.ndarray, batch_size: int,
-               salt: int = 0) -> tuple[Any, float]:
+               salt: int = 0, desc: str = "") -> tuple[Any, float]:
     """Runs `fn(params, xb, key)` over padded batches; returns (numpy outputs, seconds).
     Batch i uses fold_in(key(seed + salt), i), the key scheme of `TrainedModel.score`."""
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     t0 = time.time()
     bs = max(1, min(batch_size, len(x)))
     key = jax.random.key(self.options.seed + salt)
     parts = []
-    for i in range(0, len(x), bs):
-      xb = x[i:i + bs]
-      m = len(xb)
-      if m < bs:
-        xb = np.concatenate([xb, np.repeat(xb[-1:], bs - m, 0)])
-      out = jax.tree_util.tree_map(lambda a, m=m: np.asarray(a)[:m],
-                                   fn(params, xb, jax.random.fold_in(key, i)))
-      parts.append(out)
+    with tqdm(total=len(x), desc=desc, unit="img", disable=not self.progress,
+              dynamic_ncols=True) as bar:
+      for i in range(0, len(x), bs):
+        xb = x[i:i + bs]
+        m = len(xb)
+        if m < bs:
+          xb = np.concatenate([xb, np.repeat(xb[-1:], bs - m, 0)])
+        out = jax.tree_util.tree_map(lambda a, m=m: np.asarray(a)[:m],
+                                     fn(params, xb, jax.random.fold_in(key, i)))
+        parts.append(out)
+        bar.update(m)
     out = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
     return out, time.time() - t0
 
-  def log_likelihoods(self, trained: "TrainedModel", x: np.ndarray) -> tuple[np.ndarray, float]:
+  def log_likelihoods(self, trained: "TrainedModel", x: np.ndarray, desc: str = ""
+                      ) -> tuple[np.ndarray, float]:
     """`[N]` log p̂(x) (nats) of model input `x` under `trained`, and the seconds it took."""
     return self._batched(self.loglik_fn(trained.model), trained.params, x,
-                         self.options.batch_size)
+                         self.options.batch_size, desc=desc)
 
   def entropy(self) -> float:
     """Ĥ: mean -log p̂ over the reference (in-distribution training) images, computed once."""
     if self._entropy is None:
       x = self.trained.model_inputs(self.reference_images)
       lp, _ = self._batched(self.loglik_fn(self.trained.model), self.trained.params, x,
-                            self.options.batch_size, salt=1)
+                            self.options.batch_size, salt=1, desc="typicality H-hat")
       self._entropy = float(-np.mean(lp.astype(np.float64)))
     return self._entropy
 
@@ -519,15 +538,16 @@ class BaselineScorer:
           if "_entropy" in f.files:
             self._entropy = float(f["_entropy"])
           return {k: f[k] for k in f.files if k not in ("_settings", "_entropy")}
-    out = self.compute(images_uint8)
+    out = self.compute(images_uint8, tag)
     if cache:
       os.makedirs(self.cache_dir, exist_ok=True)
       extra = {"_entropy": np.asarray(self._entropy)} if self._entropy is not None else {}
       np.savez(cache, _settings=key, **extra, **out)
     return out
 
-  def compute(self, images_uint8: np.ndarray) -> dict[str, np.ndarray]:
-    """All selected scores of one set of raw images (uint8 `[N, H, W, C]`), uncached."""
+  def compute(self, images_uint8: np.ndarray, tag: str = "") -> dict[str, np.ndarray]:
+    """All selected scores of one set of raw images (uint8 `[N, H, W, C]`), uncached; `tag`
+    names the set in progress bars."""
     o, fams = self.options, self.options.families
     x = self.trained.model_inputs(images_uint8)
     dims = math.prod(x.shape[1:])
@@ -535,7 +555,7 @@ class BaselineScorer:
     sec: dict[str, float] = {}
     lp, t_lp = None, 0.0
     if any(f in fams for f in ("iw_nll", "typicality", "complexity", "bg_llr", "waic")):
-      lp, t_lp = self.log_likelihoods(self.trained, x)
+      lp, t_lp = self.log_likelihoods(self.trained, x, f"{tag} log p")
       out["iw_bpd"] = np.asarray(-lp / (dims * math.log(2.0)), np.float32)
     if "iw_nll" in fams:
       out["iw_nll"], sec["iw_nll"] = -lp, t_lp
@@ -552,13 +572,13 @@ class BaselineScorer:
                                                                 out[f"{codec}_bpd"]))
         sec[f"complexity_{codec}"] = t_lp + time.time() - t0
     if "bg_llr" in fams:
-      lp_bg, t_bg = self.log_likelihoods(self.background, x)
+      lp_bg, t_bg = self.log_likelihoods(self.background, x, f"{tag} background log p")
       out["bg_llr"] = np.asarray(background_llr(lp, lp_bg))
       sec["bg_llr"] = t_lp + t_bg
     if "waic" in fams:
       members, t_m = [lp], t_lp
-      for m in self.ensemble:
-        lp_m, t = self.log_likelihoods(m, x)
+      for i, m in enumerate(self.ensemble, 1):
+        lp_m, t = self.log_likelihoods(m, x, f"{tag} ensemble {i} log p")
         members.append(lp_m)
         t_m += t
       out["neg_waic"] = -np.asarray(waic(np.stack(members)))
@@ -566,7 +586,7 @@ class BaselineScorer:
     if "regret" in fams:
       refit = lambda p, xb, k: self.regret_fn(p, xb, k, o.regret_steps)
       (reg, _, _), t_r = self._batched(refit, self.trained.params, x, o.regret_batch_size,
-                                       salt=2)
+                                       salt=2, desc=f"{tag} regret")
       out["regret"], sec["regret"] = reg, t_r
       if np.mean(reg) < 0:  # the refit should raise log p̂(x); on average it lowered it
         print(f"Note: mean likelihood regret {float(np.mean(reg)):.2f} nats < 0: the "

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import zlib
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -154,6 +155,9 @@ def test_compressed_lengths_in_bits_per_dim_and_complexity_scores(setup):
     assert expected == pytest.approx(8 * len(data) / px.size)
   with pytest.raises(ValueError, match="unknown codec"):
     baselines.compressed_bits_per_dim(rgb, "flif")
+  with mock.patch("PIL.features.check", return_value=False), \
+       pytest.raises(RuntimeError, match="without OpenJPEG"):
+    baselines.compressed_bits_per_dim(rgb, "jp2")
   # Serrà et al.'s S = -log2 p_M / D - L: model bits/dim minus compressed bits/dim.
   lp = setup["hand_loglik"](setup["trained"].params, x)
   for codec in baselines.CODECS:
@@ -276,6 +280,7 @@ def test_evaluate_cli_scores_all_writes_every_row(tiny_workdir, tmp_path):
   r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
                      check=False)
   assert r.returncode == 0, r.stderr[-3000:]
+  assert "mnist_test regret" in r.stderr  # a progress bar per pass: regret takes minutes
   res = json.loads((out / "results.json").read_text())
   m = res["ood"]["mnist"]["metrics"]
   assert set(m) >= set(baselines.SCORE_NAMES) | {"elbo", "llr_k1"}
