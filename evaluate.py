@@ -4,7 +4,8 @@
 
 Add the paper's competing scores (hvae_jax/baselines.py) with --scores, e.g.
   --scores=all --background_checkpoint=workdirs/fmnist_bg --ensemble_checkpoints=a,b,c,d
-('all' skips bg_llr / waic, with a note, when their checkpoints are not given).
+Without those two flags, bg_llr and waic use the models scripts/reproduce_baselines.sh trains
+beside the run (<run>_bg, <run>_seed<N>); 'all' skips them, with a note, if there are none.
 
 Writes results.json, results.md (tables shaped like the paper's), ROC and histogram PNGs, the
 calibrated threshold and per-example score caches into --output.
@@ -37,9 +38,10 @@ flags.DEFINE_integer("seed", 0, "Seed for the samples and the equal-size subsamp
 flags.DEFINE_string("scores", "paper", "'paper' (ELBO, L^{>k}, LLR^{>k} only), 'all', or a comma "
                     "list of baselines: iw_nll, typicality, complexity, bg_llr, waic, regret.")
 flags.DEFINE_string("background_checkpoint", None, "bg_llr: a model trained on perturbed inputs "
-                    "(train.py --config.data.perturb_rate=0.2).")
+                    "(train.py --config.data.perturb_rate=0.2); default: <run>_bg if it exists.")
 flags.DEFINE_list("ensemble_checkpoints", [], "waic: other independently seeded models of the same "
-                  "architecture and data; the ensemble is these plus the scored model.")
+                  "architecture and data; the ensemble is these plus the scored model; "
+                  "default: the <run>_seed<N> folders that exist.")
 flags.DEFINE_integer("baseline_iw_samples", 100, "Importance samples S of log p(x) in the "
                      "likelihood-based baselines (iw_nll, typicality, complexity, bg_llr, waic, "
                      "and regret's before/after bounds).")
@@ -60,23 +62,37 @@ def _baseline_scorer(trained, in_test, in_train, settings, out_dir):
   if not families:
     return None
   explicit = "all" not in [s.strip() for s in FLAGS.scores.split(",")]
-  for fam, given, flag in (("bg_llr", FLAGS.background_checkpoint, "--background_checkpoint"),
-                           ("waic", FLAGS.ensemble_checkpoints, "--ensemble_checkpoints")):
-    if fam in families and not given:
-      if explicit:
-        raise ValueError(f"--scores={fam} needs {flag}.")
+  # Unless given, the auxiliary models come from beside the run, where
+  # scripts/reproduce_baselines.sh trains them (<run>_bg, <run>_seed<N>).
+  found_bg, found_seeds = baselines.auxiliary_runs(trained.path)
+  aux = {"bg_llr": ([FLAGS.background_checkpoint] if FLAGS.background_checkpoint else [],
+                    [found_bg] if found_bg else [], "--background_checkpoint"),
+         "waic": (FLAGS.ensemble_checkpoints, found_seeds, "--ensemble_checkpoints")}
+  paths = {}
+  for fam, (given, found, flag) in aux.items():
+    if fam not in families:
+      continue
+    if given or found:
+      paths[fam] = given or found
+      if not given:
+        print(f"Note: {fam} uses {', '.join(found)} (found beside {trained.path}; {flag} "
+              f"chooses others).")
+    elif explicit:
+      raise ValueError(f"--scores={fam} needs {flag} (or the models of "
+                       f"scripts/reproduce_baselines.sh beside {trained.path}).")
+    else:
       families.remove(fam)
-      print(f"Note: skipping {fam} (pass {flag} to score it).")
+      print(f"Note: skipping {fam} (pass {flag}, or train its models with "
+            f"scripts/reproduce_baselines.sh {trained.path}).")
   options = baselines.BaselineOptions(
       families=tuple(families), iw_samples=FLAGS.baseline_iw_samples,
       chunk_size=trained.config.eval.chunk_size, batch_size=settings.batch_size,
       typicality_batch=FLAGS.typicality_batch, regret_steps=FLAGS.regret_steps,
       regret_lr=FLAGS.regret_lr, regret_weight_decay=FLAGS.regret_weight_decay,
       seed=settings.seed)
-  background = (api.load_model(FLAGS.background_checkpoint)
-                if "bg_llr" in families else None)
+  background = api.load_model(paths["bg_llr"][0]) if "bg_llr" in families else None
   own = os.path.abspath(trained.path)  # the scored model is always a member: not twice
-  ensemble = ([api.load_model(p) for p in dict.fromkeys(FLAGS.ensemble_checkpoints)
+  ensemble = ([api.load_model(p) for p in dict.fromkeys(paths["waic"])
                if os.path.abspath(p) != own] if "waic" in families else [])
   reference = None
   if "typicality" in families:

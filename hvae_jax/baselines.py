@@ -352,6 +352,21 @@ def parse_scores(spec: str) -> tuple[str, ...]:
   return tuple(out)
 
 
+def auxiliary_runs(path: str) -> tuple[Optional[str], list[str]]:
+  """(background model, extra ensemble members) beside the scored run `path`, in the layout
+  scripts/reproduce_baselines.sh writes: `<path>_bg` and `<path>_seed<N>` (by N), each only
+  if it is a directory; (None, []) when there are none."""
+  base = os.path.normpath(path)
+  bg = base + "_bg" if os.path.isdir(base + "_bg") else None
+  prefix = os.path.basename(base) + "_seed"
+  parent = os.path.dirname(base) or "."
+  seeds = sorted((int(n[len(prefix):]), os.path.join(os.path.dirname(base), n))
+                 for n in (os.listdir(parent) if os.path.isdir(parent) else [])
+                 if n.startswith(prefix) and n[len(prefix):].isdigit()
+                 and os.path.isdir(os.path.join(parent, n)))
+  return bg, [p for _, p in seeds]
+
+
 def reference_indices(n_train: int, n_eval: int, n_ref: int, seed: int) -> np.ndarray:
   """Indices of the typicality reference set in the training split: `n_ref` of them, seeded,
   disjoint from the `n_eval` that `evaluation.limit(train, n_eval, seed)` scores as the

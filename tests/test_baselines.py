@@ -266,16 +266,31 @@ def _train(workdir, seed, perturb_rate=0.0):
   return workdir
 
 
+def test_auxiliary_runs_are_found_in_the_reproduce_baselines_layout(tmp_path):
+  for d in ("run", "run_bg", "run_seed2", "run_seed10", "run_seed1", "run_seedx", "other_seed4"):
+    (tmp_path / d).mkdir()
+  (tmp_path / "run_seed3").write_text("a file, not a run")
+  run = str(tmp_path / "run")
+  assert baselines.auxiliary_runs(run + "/") == (
+      run + "_bg", [run + "_seed1", run + "_seed2", run + "_seed10"])
+  assert baselines.auxiliary_runs(str(tmp_path / "other")) == (None, [str(tmp_path / "other_seed4")])
+  assert baselines.auxiliary_runs(str(tmp_path / "missing" / "run")) == (None, [])
+
+
 def test_evaluate_cli_scores_all_writes_every_row(tiny_workdir, tmp_path):
-  bg = _train(str(tmp_path / "bg"), 0, perturb_rate=0.2)
+  # The background model sits where scripts/reproduce_baselines.sh puts it (found without a
+  # flag); the ensemble member is passed with --ensemble_checkpoints.
+  run = tmp_path / "run"
+  os.symlink(tiny_workdir, run)
+  bg = _train(str(tmp_path / "run_bg"), 0, perturb_rate=0.2)
   ens = _train(str(tmp_path / "ens"), 1)
   out = tmp_path / "eval"
   env = dict(os.environ, HVAE_DATA_DIR=DATA_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_COMPILATION_CACHE_DIR=os.environ.get(
                  "HVAE_TEST_JAX_CACHE", os.path.join(tempfile.gettempdir(), "hvae_jax_test_cache")))
-  args = [sys.executable, os.path.join(REPO, "evaluate.py"), f"--workdir={tiny_workdir}",
+  args = [sys.executable, os.path.join(REPO, "evaluate.py"), f"--workdir={run}",
           "--ood=mnist", "--scores=all", "--max_examples=64", "--batch_size=64",
-          f"--background_checkpoint={bg}", f"--ensemble_checkpoints={ens}",
+          f"--ensemble_checkpoints={ens}",
           "--baseline_iw_samples=2", "--regret_steps=2", "--typicality_batch=8", f"--output={out}"]
   r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
                      check=False)
@@ -288,6 +303,7 @@ def test_evaluate_cli_scores_all_writes_every_row(tiny_workdir, tmp_path):
   speed = res["examples_per_s"]
   assert all(speed[n] and speed[n] > 0 for n in list(baselines.SCORE_NAMES) + ["llr_k1"])
   assert res["extra_scores_settings"]["ensemble"][1] == ens
+  assert res["extra_scores_settings"]["background"] == bg and f"bg_llr uses {bg}" in r.stdout
   table = (out / "results.md").read_text()
   assert "examples/s" in table and all(f"| {n} |" in table for n in baselines.SCORE_NAMES)
   assert (out / "baselines_mnist_test.npz").exists()

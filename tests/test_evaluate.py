@@ -45,6 +45,9 @@ def test_evaluate_cli_clear_errors(tiny_workdir, tmp_path):
   assert r.returncode != 0 and "no checkpoint found" in r.stderr and "Traceback" not in r.stderr
   r = _run(f"--workdir={tiny_workdir}", "--ood=not_a_dataset")
   assert r.returncode != 0 and "Unknown dataset" in r.stderr and "Traceback" not in r.stderr
+  r = _run(f"--workdir={tiny_workdir}", "--scores=bg_llr")  # no background model anywhere
+  assert r.returncode != 0 and "needs --background_checkpoint" in r.stderr
+  assert "Traceback" not in r.stderr
   r = _run(f"--workdir={tiny_workdir}", "--config=configs/fmnist_hvae.py")  # other architecture
   assert r.returncode != 0 and "checkpoint" in r.stderr and "Traceback" not in r.stderr
 
