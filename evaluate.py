@@ -54,57 +54,6 @@ flags.DEFINE_float("regret_weight_decay", 5e-5, "Likelihood regret: L2 weight de
 _ALIASES = {"svhn": "svhn_cropped", "fmnist": "fashion_mnist"}
 
 
-def _baseline_scorer(trained, in_test, in_train, settings, out_dir):
-  """The `extra_scores` for --scores (None for 'paper')."""
-  import os  # pylint: disable=import-outside-toplevel
-  from hvae_jax import api, baselines, evaluation  # pylint: disable=import-outside-toplevel
-  families = list(baselines.parse_scores(FLAGS.scores))
-  if not families:
-    return None
-  explicit = "all" not in [s.strip() for s in FLAGS.scores.split(",")]
-  # Unless given, the auxiliary models come from beside the run, where
-  # scripts/reproduce_baselines.sh trains them (<run>_bg, <run>_seed<N>).
-  found_bg, found_seeds = baselines.auxiliary_runs(trained.path)
-  aux = {"bg_llr": ([FLAGS.background_checkpoint] if FLAGS.background_checkpoint else [],
-                    [found_bg] if found_bg else [], "--background_checkpoint"),
-         "waic": (FLAGS.ensemble_checkpoints, found_seeds, "--ensemble_checkpoints")}
-  paths = {}
-  for fam, (given, found, flag) in aux.items():
-    if fam not in families:
-      continue
-    if given or found:
-      paths[fam] = given or found
-      if not given:
-        print(f"Note: {fam} uses {', '.join(found)} (found beside {trained.path}; {flag} "
-              f"chooses others).")
-    elif explicit:
-      raise ValueError(f"--scores={fam} needs {flag} (or the models of "
-                       f"scripts/reproduce_baselines.sh beside {trained.path}).")
-    else:
-      families.remove(fam)
-      print(f"Note: skipping {fam} (pass {flag}, or train its models with "
-            f"scripts/reproduce_baselines.sh {trained.path}).")
-  options = baselines.BaselineOptions(
-      families=tuple(families), iw_samples=FLAGS.baseline_iw_samples,
-      chunk_size=trained.config.eval.chunk_size, batch_size=settings.batch_size,
-      typicality_batch=FLAGS.typicality_batch, regret_steps=FLAGS.regret_steps,
-      regret_lr=FLAGS.regret_lr, regret_weight_decay=FLAGS.regret_weight_decay,
-      seed=settings.seed)
-  background = api.load_model(paths["bg_llr"][0]) if "bg_llr" in families else None
-  own = os.path.abspath(trained.path)  # the scored model is always a member: not twice
-  ensemble = ([api.load_model(p) for p in dict.fromkeys(paths["waic"])
-               if os.path.abspath(p) != own] if "waic" in families else [])
-  reference = None
-  if "typicality" in families:
-    # H-hat from training images that evaluation.run does not score (it scores as many
-    # training images as in-distribution test images), as many of them as it does score.
-    n_eval = len(evaluation.limit(in_test, settings.max_examples, settings.seed))
-    reference = in_train[baselines.reference_indices(len(in_train), n_eval, n_eval,
-                                                     settings.seed)]
-  return baselines.BaselineScorer(trained, options, background, ensemble, reference,
-                                  cache_dir=out_dir, progress=True)
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -142,7 +91,12 @@ def main(argv):
       except ValueError as e:
         raise ValueError(f"OOD set {n!r} cannot be scored by this model: {e}") from None
     out_dir = FLAGS.output or os.path.join(path, "eval")
-    extra = _baseline_scorer(trained, in_test, in_train, settings, out_dir)
+    extra = evaluation.baseline_scorer(
+        trained, FLAGS.scores, in_test, in_train, settings, out_dir,
+        background=FLAGS.background_checkpoint, ensemble=FLAGS.ensemble_checkpoints,
+        iw_samples=FLAGS.baseline_iw_samples, typicality_batch=FLAGS.typicality_batch,
+        regret_steps=FLAGS.regret_steps, regret_lr=FLAGS.regret_lr,
+        regret_weight_decay=FLAGS.regret_weight_decay)
     results = evaluation.run(trained, c.data.name, in_test, in_train, oods, settings, out_dir,
                              extra_scores=extra)
   except (ValueError, FileNotFoundError, RuntimeError, CheckpointError) as e:

@@ -225,8 +225,11 @@ def evaluate(model: Union["TrainedModel", str, os.PathLike],
              in_train: Optional["np.ndarray"] = None, max_examples: Optional[int] = None,
              ks: Optional[Sequence[int]] = None, iw_samples: Optional[int] = None,
              batch_size: Optional[int] = None, seed: int = 0, data_dir: Optional[str] = None,
-             update_threshold: bool = True) -> dict:
-  """In-distribution vs OOD evaluation (ELBO, L^{>k}, LLR^{>k}) as `evaluate.py` runs it.
+             update_threshold: bool = True, scores: str = "paper",
+             background: Optional[str] = None, ensemble: Sequence[str] = (),
+             baseline_iw_samples: int = 100, **baseline_options: Any) -> dict:
+  """In-distribution vs OOD evaluation (ELBO, L^{>k}, LLR^{>k}, and with `scores` the
+  competing scores) as `evaluate.py` runs it.
 
   Scores the in-distribution test set, as many in-distribution training images (for the
   train-vs-test sanity check, the label-free choice of k and the decision threshold) and each
@@ -248,6 +251,15 @@ def evaluate(model: Union["TrainedModel", str, os.PathLike],
     data_dir: folder with offline `.npz` data (default the config's, then `$HVAE_DATA_DIR`).
     update_threshold: set `model.threshold` to the newly calibrated one, so `model.is_ood`
       uses it (only when `model` is a TrainedModel object).
+    scores: 'paper' (ELBO, L^{>k}, LLR^{>k}), 'all', or a comma list of the competing scores
+      of `hvae_jax.baselines` (iw_nll, typicality, complexity, bg_llr, waic, regret), as
+      `evaluate.py --scores`.
+    background, ensemble: checkpoint paths of the background model (bg_llr) and of the other
+      ensemble members (waic); default: those scripts/reproduce_baselines.sh trains beside
+      the model's path.
+    baseline_iw_samples: importance samples S of log p(x) in the competing scores.
+    **baseline_options: other `baselines.BaselineOptions` fields, e.g. regret_steps=100,
+      regret_lr=2e-4, typicality_batch=10.
 
   Returns:
     The results dict: `results["ood"][name]["metrics"][score]` has auroc / auprc / fpr80,
@@ -280,8 +292,12 @@ def evaluate(model: Union["TrainedModel", str, os.PathLike],
     if not trained.path:
       raise ValueError("this model has no path; pass output_dir=.")
     output_dir = os.path.join(trained.path, "eval")
+  extra = evaluation.baseline_scorer(trained, scores, in_test, in_train, settings,
+                                     os.fspath(output_dir), background=background,
+                                     ensemble=ensemble, iw_samples=baseline_iw_samples,
+                                     **baseline_options)
   results = evaluation.run(trained, c.data.name, in_test, in_train, ood_sets, settings,
-                           os.fspath(output_dir))
+                           os.fspath(output_dir), extra_scores=extra)
   results["output_dir"] = os.path.abspath(output_dir)
   if update_threshold and "threshold" in results and trained is model:
     trained.threshold = dict(results["threshold"])

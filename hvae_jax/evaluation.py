@@ -11,12 +11,12 @@ import hashlib
 import json
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from hvae_jax import baselines, metrics, plots
-from hvae_jax.api import THRESHOLD_FILE, TrainedModel
+from hvae_jax.api import THRESHOLD_FILE, TrainedModel, load_model
 
 
 @dataclasses.dataclass
@@ -77,6 +77,62 @@ def limit(images: np.ndarray, n: int, seed: int) -> np.ndarray:
   if n < 0 or n >= len(images):
     return images
   return images[np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))]
+
+
+def baseline_scorer(trained: TrainedModel, scores: str, in_test: np.ndarray,
+                    in_train: np.ndarray, settings: EvalSettings, out_dir: str, *,
+                    background: Optional[str] = None, ensemble: Sequence[str] = (),
+                    progress: bool = True, **options) -> Optional[baselines.BaselineScorer]:
+  """The `extra_scores` for `run` that add the competing scores `scores` ('paper' = none,
+  'all', or a comma list, see `baselines.parse_scores`); None for none.
+
+  `background` (bg_llr) and `ensemble` (waic: the other members) are checkpoint paths; when
+  not given they are looked up beside the run, where scripts/reproduce_baselines.sh trains
+  them (`baselines.auxiliary_runs`). 'all' skips, with a note, what has no models; a family
+  asked for by name raises instead. Ĥ of the typicality test comes from training images that
+  `run` does not score. `options` go to `baselines.BaselineOptions` (iw_samples,
+  typicality_batch, regret_steps, regret_lr, regret_weight_decay, ...).
+  """
+  families = list(baselines.parse_scores(scores))
+  if not families:
+    return None
+  explicit = "all" not in [s.strip() for s in scores.split(",")]
+  found_bg, found_seeds = baselines.auxiliary_runs(trained.path) if trained.path else (None, [])
+  aux = {"bg_llr": ([background] if background else [], [found_bg] if found_bg else [],
+                    "--background_checkpoint (evaluate.py) or background="),
+         "waic": (list(ensemble), found_seeds,
+                  "--ensemble_checkpoints (evaluate.py) or ensemble=")}
+  paths = {}
+  for fam, (given, found, how) in aux.items():
+    if fam not in families:
+      continue
+    if given or found:
+      paths[fam] = given or found
+      if not given:
+        print(f"Note: {fam} uses {', '.join(found)} (found beside {trained.path}; "
+              f"{how} chooses others).")
+    elif explicit:
+      raise ValueError(f"{fam} needs {how}, or the models scripts/reproduce_baselines.sh "
+                       f"trains beside the run.")
+    else:
+      families.remove(fam)
+      print(f"Note: skipping {fam} (pass {how}, or train its models with "
+            f"scripts/reproduce_baselines.sh {trained.path or '<run>'}).")
+  opts = baselines.BaselineOptions(families=tuple(families),
+                                  chunk_size=trained.config.eval.chunk_size,
+                                  batch_size=settings.batch_size, seed=settings.seed, **options)
+  bg_model = load_model(paths["bg_llr"][0]) if "bg_llr" in families else None
+  own = os.path.abspath(trained.path) if trained.path else None  # always a member: not twice
+  members = ([load_model(p) for p in dict.fromkeys(paths["waic"]) if os.path.abspath(p) != own]
+             if "waic" in families else [])
+  reference = None
+  if "typicality" in families:
+    # As many training images as run() scores, and none of those.
+    n_eval = len(limit(in_test, settings.max_examples, settings.seed))
+    reference = in_train[baselines.reference_indices(len(in_train), n_eval, n_eval,
+                                                     settings.seed)]
+  return baselines.BaselineScorer(trained, opts, bg_model, members, reference,
+                                  cache_dir=out_dir, progress=progress)
 
 
 def run(trained: TrainedModel, in_name: str, in_test: np.ndarray, in_train: np.ndarray,

@@ -1,6 +1,7 @@
 """The public API of `hvae_jax` (the README's "Python API" examples, as tests)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 import hvae_jax
+from hvae_jax import baselines
 from tests.helpers import DATA_DIR, REPO, fmnist_slice, mnist_slice
 
 pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(DATA_DIR, "fashion_mnist.npz")),
@@ -144,6 +146,26 @@ def test_evaluate_with_arrays_and_a_path(readme_run, tmp_path):
   with pytest.raises(ValueError, match="shape"):
     hvae_jax.evaluate(readme_run["model"], ood={"bad": np.zeros((4, 32, 32, 3), np.uint8)},
                       in_test=fmnist_slice(8), in_train=fmnist_slice(8), output_dir=str(out))
+
+
+def test_evaluate_adds_the_competing_scores(readme_run, tmp_path):
+  # The Python twin of `evaluate.py --scores=...`: an ensemble member passed by path, and
+  # 'all' skips bg_llr (no background model given or beside the run) and names what to do.
+  member = tmp_path / "member"
+  shutil.copytree(readme_run["workdir"], member)
+  out = tmp_path / "eval"
+  res = hvae_jax.evaluate(readme_run["workdir"], ood={"digits": mnist_slice(40, seed=3)},
+                          in_test=fmnist_slice(40, seed=3), in_train=fmnist_slice(100, "train"),
+                          output_dir=str(out), ks=(1,), batch_size=40, scores="all",
+                          ensemble=[str(member)], baseline_iw_samples=2, regret_steps=1)
+  names = set(res["ood"]["digits"]["metrics"])
+  assert names == {"elbo", "lk_k1", "llr_k1"} | (set(baselines.SCORE_NAMES) - {"bg_llr"})
+  assert res["extra_scores_settings"]["ensemble"] == [readme_run["workdir"], str(member)]
+  assert res["extra_scores_settings"]["regret_steps"] == 1
+  with pytest.raises(ValueError, match="bg_llr needs --background_checkpoint"):
+    hvae_jax.evaluate(readme_run["workdir"], ood={"digits": mnist_slice(8)},
+                      in_test=fmnist_slice(8), in_train=fmnist_slice(8), output_dir=str(out),
+                      scores="bg_llr")
 
 
 def test_import_turns_off_ynn_fusions_unless_the_user_chose():
