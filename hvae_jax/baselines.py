@@ -359,9 +359,9 @@ def auxiliary_runs(path: str) -> tuple[Optional[str], list[str]]:
   base = os.path.normpath(path)
   bg = base + "_bg" if os.path.isdir(base + "_bg") else None
   prefix = os.path.basename(base) + "_seed"
-  parent = os.path.dirname(base) or "."
-  seeds = sorted((int(n[len(prefix):]), os.path.join(os.path.dirname(base), n))
-                 for n in (os.listdir(parent) if os.path.isdir(parent) else [])
+  parent = os.path.dirname(base)  # '' for a run in the working directory
+  names = os.listdir(parent or ".") if os.path.isdir(parent or ".") else []
+  seeds = sorted((int(n[len(prefix):]), os.path.join(parent, n)) for n in names
                  if n.startswith(prefix) and n[len(prefix):].isdigit()
                  and os.path.isdir(os.path.join(parent, n)))
   return bg, [p for _, p in seeds]
