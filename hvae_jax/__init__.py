@@ -178,16 +178,8 @@ def load_model(path: Union[str, os.PathLike],
   and `evaluate.py` write by default), becomes `TrainedModel.threshold`, the default of
   `TrainedModel.is_ood`.
   """
-  import json  # pylint: disable=import-outside-toplevel
-
   from hvae_jax import api  # pylint: disable=import-outside-toplevel
-  trained = api.load_model(os.fspath(path), config)
-  if trained.threshold is None:
-    f = os.path.join(os.fspath(path), "eval", api.THRESHOLD_FILE)
-    if os.path.isfile(f):
-      with open(f, encoding="utf-8") as fh:
-        trained.threshold = json.load(fh)
-  return trained
+  return api.load_model(os.fspath(path), config)
 
 
 def train(config: Union[str, os.PathLike, "ml_collections.ConfigDict"],

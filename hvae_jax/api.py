@@ -98,15 +98,41 @@ class TrainedModel:
         bar.update(m)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
-  def is_ood(self, images: Any, threshold: Optional[dict] = None, **score_kwargs) -> np.ndarray:
-    """`[N]` bool verdicts: score > threshold, with the threshold evaluate.py calibrated."""
+  def verdict(self, images: Any, threshold: Optional[dict] = None,
+              **score_kwargs) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Scores at the threshold's settings and the `[N]` bool verdicts (True = OOD).
+
+    The threshold (default: the one evaluate.py calibrated) fixes the score, its k and the
+    importance samples of both bounds, so the verdict uses the score the threshold was set on.
+    """
     th = threshold or self.threshold
     if not th:
       raise ValueError(f"no calibrated threshold for {self.path or 'this model'}: run "
                        f"evaluate.py on it (it writes {THRESHOLD_FILE}) or pass threshold=.")
     k = th.get("k")
-    s = self.score(images, ks=(k,) if k else None, iw_samples=th.get("iw_samples", 1), **score_kwargs)
-    return s[th["score"]] > th["value"]
+    s = self.score(images, ks=(k,) if k else None, **threshold_samples(th), **score_kwargs)
+    return s, s[th["score"]] > th["value"]
+
+  def is_ood(self, images: Any, threshold: Optional[dict] = None, **score_kwargs) -> np.ndarray:
+    """`[N]` bool verdicts: score > threshold, with the threshold evaluate.py calibrated."""
+    return self.verdict(images, threshold, **score_kwargs)[1]
+
+
+def threshold_samples(threshold: dict) -> dict[str, int]:
+  """The `score` sample counts a threshold was calibrated with (older files: one `iw_samples`)."""
+  both = int(threshold.get("iw_samples", 1))
+  return {"iw_samples": int(threshold.get("iw_samples_elbo", both)),
+          "iw_samples_lk": int(threshold.get("iw_samples_lk", both))}
+
+
+def find_threshold(path: str) -> Optional[dict]:
+  """The `threshold.json` in `path`, its parent folder, or `path/eval` (evaluate.py's output)."""
+  for d in (path, os.path.dirname(os.path.abspath(path)), os.path.join(path, "eval")):
+    f = os.path.join(d, THRESHOLD_FILE)
+    if os.path.isfile(f):
+      with open(f, encoding="utf-8") as fh:
+        return json.load(fh)
+  return None
 
 
 def load_model(path: str, config: Optional[ml_collections.ConfigDict] = None) -> TrainedModel:
@@ -128,11 +154,5 @@ def load_model(path: str, config: Optional[ml_collections.ConfigDict] = None) ->
       lambda: model.init(jax.random.key(0), np.zeros((1, *image_shape), np.uint8 if kind == "discrete"
                                                     else np.float32), jax.random.key(0))["params"])
   params = checkpoints.match_params(state["params"], abstract, path, meta)
-  threshold = None
-  for d in (path, os.path.dirname(os.path.abspath(path))):
-    f = os.path.join(d, THRESHOLD_FILE)
-    if os.path.exists(f):
-      with open(f, encoding="utf-8") as fh:
-        threshold = json.load(fh)
-      break
+  threshold = find_threshold(path)
   return TrainedModel(model, params, config, image_shape, kind, threshold, path)
