@@ -29,8 +29,10 @@ flags.DEFINE_integer("iw_samples_elbo", None, "Importance samples for the ELBO t
 flags.DEFINE_integer("iw_samples_lk", None, "Importance samples for the L^{>k} term only.")
 flags.DEFINE_list("k", None, "Values of k to score (default: every k in 1..L-1).")
 flags.DEFINE_string("data_dir", None, "Folder with the .npz datasets (default: $HVAE_DATA_DIR).")
-flags.DEFINE_string("output", None, "Output folder (default: <checkpoint>/eval).")
-flags.DEFINE_integer("max_examples", None, "Score at most this many images per data set.")
+flags.DEFINE_string("output", None, "Output folder (default: <workdir>/eval for a training "
+                    "workdir, else workdirs/<checkpoint name>/eval).")
+flags.DEFINE_integer("max_examples", None, "Score at most this many images per data set (a "
+                     "seeded subset; -1 = all; default: the config's).")
 flags.DEFINE_integer("batch_size", None, "Evaluation batch size.")
 flags.DEFINE_string("compilation_cache_dir", None, "JAX's persistent compilation cache folder "
                     "(default: the config's compilation_cache_dir; '' turns it off).")
@@ -50,59 +52,40 @@ flags.DEFINE_integer("regret_steps", 100, "Likelihood regret: Adam steps refitti
 flags.DEFINE_float("regret_lr", 2e-4, "Likelihood regret: Adam learning rate.")
 flags.DEFINE_float("regret_weight_decay", 5e-5, "Likelihood regret: L2 weight decay added to "
                    "the encoder's gradient (Xiao et al.'s code: 5e-5).")
-
-_ALIASES = {"svhn": "svhn_cropped", "fmnist": "fashion_mnist"}
-
+flags.DEFINE_bool("no_cache", False, "Rescore even where a score cache for this very model, "
+                  "images and settings exists (the caches are still written).")
+flags.DEFINE_bool("verbose", False, "On an error, show the Python traceback too.")
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  import os  # pylint: disable=import-outside-toplevel
-  from hvae_jax import api, data, evaluation, train_lib  # pylint: disable=import-outside-toplevel
+  from hvae_jax import api, competing, evaluation, train_lib  # pylint: disable=import-outside-toplevel
   from hvae_jax.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
-  path = FLAGS.checkpoint or FLAGS.workdir
   try:
-    trained = api.load_model(path, FLAGS.config)
+    trained = api.load_model(FLAGS.checkpoint or FLAGS.workdir, FLAGS.config)
+    settings = evaluation.EvalSettings.resolve(
+        trained, ks=FLAGS.k, iw_samples=FLAGS.iw_samples, iw_samples_elbo=FLAGS.iw_samples_elbo,
+        iw_samples_lk=FLAGS.iw_samples_lk, batch_size=FLAGS.batch_size,
+        max_examples=FLAGS.max_examples, seed=FLAGS.seed)
+    options = evaluation.EvalOptions(
+        scores=FLAGS.scores, background=FLAGS.background_checkpoint,
+        ensemble=tuple(FLAGS.ensemble_checkpoints), use_cache=not FLAGS.no_cache,
+        baseline=competing.BaselineOptions(
+            iw_samples=FLAGS.baseline_iw_samples, typicality_batch=FLAGS.typicality_batch,
+            regret_steps=FLAGS.regret_steps, regret_lr=FLAGS.regret_lr,
+            regret_weight_decay=FLAGS.regret_weight_decay))
     c = trained.config
-    if FLAGS.data_dir:
-      c.data.data_dir = FLAGS.data_dir
     train_lib.enable_compilation_cache(c.compilation_cache_dir
                                        if FLAGS.compilation_cache_dir is None
                                        else FLAGS.compilation_cache_dir)
-    ood_names = [_ALIASES.get(n, n) for n in (FLAGS.ood or list(c.data.ood))]
-    for n in ood_names:
-      data.get_spec(n)
-    ks = tuple(int(k) for k in FLAGS.k) if FLAGS.k else trained.default_ks()
-    iw = FLAGS.iw_samples
-    settings = evaluation.EvalSettings(
-        ks=ks,
-        iw_samples_elbo=FLAGS.iw_samples_elbo or iw or c.eval.iw_samples_elbo,
-        iw_samples_lk=FLAGS.iw_samples_lk or iw or c.eval.iw_samples_lk,
-        batch_size=FLAGS.batch_size or c.eval.batch_size,
-        max_examples=FLAGS.max_examples if FLAGS.max_examples is not None else c.eval.max_examples,
-        seed=FLAGS.seed)
-    load = lambda name, split: data.load_images(name, split, c.data.data_dir or None, c.data.source)
-    in_test = trained.check_images(load(c.data.name, c.data.test_split))
-    in_train = trained.check_images(load(c.data.name, c.data.train_split))
-    oods = {}
-    for n in ood_names:
-      try:
-        oods[n] = trained.check_images(load(n, "test"))
-      except ValueError as e:
-        raise ValueError(f"OOD set {n!r} cannot be scored by this model: {e}") from None
-    out_dir = FLAGS.output or os.path.join(path, "eval")
-    extra = evaluation.baseline_scorer(
-        trained, FLAGS.scores, in_test, in_train, settings, out_dir,
-        background=FLAGS.background_checkpoint, ensemble=FLAGS.ensemble_checkpoints,
-        iw_samples=FLAGS.baseline_iw_samples, typicality_batch=FLAGS.typicality_batch,
-        regret_steps=FLAGS.regret_steps, regret_lr=FLAGS.regret_lr,
-        regret_weight_decay=FLAGS.regret_weight_decay)
-    results = evaluation.run(trained, c.data.name, in_test, in_train, oods, settings, out_dir,
-                             extra_scores=extra)
+    results = evaluation.evaluate(trained, settings, options, ood=FLAGS.ood or list(c.data.ood),
+                                  output_dir=FLAGS.output, data_dir=FLAGS.data_dir)
   except (ValueError, FileNotFoundError, RuntimeError, CheckpointError) as e:
+    if FLAGS.verbose:
+      raise
     raise SystemExit(f"error: {e}") from None
   print(evaluation.markdown_report(results))
-  print(f"Wrote results, plots and the threshold to {out_dir}")
+  print(f"Wrote results, plots and the threshold to {results['output_dir']}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Load a trained model and score your own images.
+"""The Python API: train, load and evaluate models, and score your own images.
 
     import hvae_jax
     m = hvae_jax.load_model("pretrained/fmnist_hvae_small")
@@ -10,14 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import jax
 import ml_collections
 import numpy as np
 
-from hvae_jax import checkpoints, config as config_lib, data, ood
-from hvae_jax.models import build_model
+from hvae_jax import batching, cache, checkpoints, checks, config as config_lib, data, ood
+from hvae_jax.models import build_model as _build_model
 
 THRESHOLD_FILE = "threshold.json"
 
@@ -70,6 +70,21 @@ class TrainedModel:
   def default_ks(self) -> tuple[int, ...]:
     return tuple(self.config.eval.ks) or tuple(range(1, ood.max_k(self.model) + 1))
 
+  def check_ks(self, ks: Optional[Sequence[int]]) -> tuple[int, ...]:
+    """`ks` (default `default_ks()`) as a tuple of ints in 1..L-1, else one clear ValueError."""
+    if not ks:
+      return self.default_ks()
+    top = ood.max_k(self.model)
+    try:
+      out = tuple(int(k) for k in ks)
+    except (TypeError, ValueError):
+      out = ()
+    if not out or any(k < 1 or k > top for k in out) or any(
+        float(k) != float(v) for k, v in zip(out, ks)):
+      raise ValueError(f"k={list(ks)!r} is not allowed: this model has {top + 1} latent layers, "
+                       f"so k must be integers in 1..{top}.")
+    return out
+
   def score(self, images: Any, ks: Optional[Sequence[int]] = None, iw_samples: int = 1,
             iw_samples_lk: Optional[int] = None, batch_size: Optional[int] = None,
             seed: int = 0, progress: bool = False, desc: str = "score") -> dict[str, np.ndarray]:
@@ -79,24 +94,30 @@ class TrainedModel:
     llr_k{k} (larger = more OOD). `iw_samples` applies to both bounds unless `iw_samples_lk`
     is given. Every batch is padded to `batch_size` so one compiled function serves all.
     """
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    ks = self.check_ks(ks)
+    iw = checks.positive_int("iw_samples", iw_samples)
+    iw_lk = iw if iw_samples_lk is None else checks.positive_int("iw_samples_lk", iw_samples_lk)
+    bs = (self.config.eval.batch_size if batch_size is None
+          else checks.positive_int("batch_size", batch_size))
+    seed = checks.non_negative_int("seed", seed)
     x = self.model_inputs(self.check_images(images))
-    ks = tuple(ks) if ks else self.default_ks()
-    iw_lk = iw_samples if iw_samples_lk is None else iw_samples_lk
-    fn = self.score_fn(ks, iw_samples, iw_lk, self.config.eval.chunk_size)
-    bs = min(batch_size or self.config.eval.batch_size, max(len(x), 1))
-    key = jax.random.key(seed)
-    parts = []
-    with tqdm(total=len(x), desc=desc, unit="img", disable=not progress, dynamic_ncols=True) as bar:
-      for i in range(0, len(x), bs):
-        xb = x[i:i + bs]
-        m = len(xb)
-        if m < bs:
-          xb = np.concatenate([xb, np.repeat(xb[-1:], bs - m, 0)])
-        s = ood.flatten_scores(fn(self.params, xb, jax.random.fold_in(key, i)), ks)
-        parts.append({k: v[:m] for k, v in s.items()})
-        bar.update(m)
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    fn = self.score_fn(ks, iw, iw_lk, self.config.eval.chunk_size)
+    per_example = lambda p, xb, key: ood.flatten_scores(fn(p, xb, key), ks)  # [batch] each
+    out = batching.map_batches(per_example, self.params, x, bs, jax.random.key(seed),
+                               progress=progress, desc=desc)
+    return out or {}
+
+  @property
+  def digest(self) -> str:
+    """Identity of this model for score caches: its parameters' bytes and its config."""
+    if "digest" not in self._fns:
+      d = self.config.data
+      # What changes a score: the weights, the architecture and what the images become.
+      data_keys = {k: d[k] for k in d.keys() if k not in ("data_dir", "source")}
+      self._fns["digest"] = cache.key_of(params=cache.params_digest(self.params),
+                                         model=self.config.model.to_dict(), data=data_keys,
+                                         kind=self.kind, image_shape=self.image_shape)
+    return self._fns["digest"]
 
   def verdict(self, images: Any, threshold: Optional[dict] = None,
               **score_kwargs) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -149,10 +170,123 @@ def load_model(path: str, config: Optional[ml_collections.ConfigDict] = None) ->
   config_lib.validate(config)
   image_shape = tuple(meta.get("image_shape") or data.DATASETS[config.data.name].image_shape)
   kind = meta.get("kind") or data.DATASETS[config.data.name].kind
-  model = build_model(config, image_shape)
+  model = _build_model(config, image_shape)
   abstract = jax.eval_shape(
       lambda: model.init(jax.random.key(0), np.zeros((1, *image_shape), np.uint8 if kind == "discrete"
                                                     else np.float32), jax.random.key(0))["params"])
   params = checkpoints.match_params(state["params"], abstract, path, meta)
   threshold = find_threshold(path)
   return TrainedModel(model, params, config, image_shape, kind, threshold, path)
+
+
+def build_model(config: ml_collections.ConfigDict,
+                image_shape: Optional[Sequence[int]] = None):
+  """The flax module `config.model` describes (HVAE or BIVA), for images `[H, W, C]`.
+
+  `image_shape` defaults to the shape of `config.data.name`'s images. Use the module as any
+  flax module: `model.init(key, x, key)`, `model.apply(variables, x, key, n_skip=k)` for the
+  bound terms of L^{>k}, `model.apply(variables, key, num, method=model.sample)` for prior
+  samples and `model.apply(variables, x, key, n_skip, method=model.reconstruct)`.
+  """
+  if image_shape is None:
+    image_shape = data.get_spec(config.data.name).image_shape
+  return _build_model(config, tuple(int(v) for v in image_shape))
+
+
+def train(config: Union[str, os.PathLike, ml_collections.ConfigDict],
+          workdir: Union[str, os.PathLike], *, overrides: Optional[Mapping[str, Any]] = None,
+          data_dir: Optional[str] = None) -> TrainedModel:
+  """Trains (or resumes) `config` in `workdir` and returns the trained model.
+
+  A thin wrapper of `hvae_jax.train_lib.train_and_evaluate`: data-parallel over every local
+  device (after `jax.distributed.initialize()` over every host), resumable from the latest
+  checkpoint in `workdir`, with metrics, TensorBoard logs and sample grids written there.
+
+  Args:
+    config: a ConfigDict, a config file (`"configs/tiny.py"`, `"configs/cifar_hvae.py:l4"`) or
+      the name of one in `configs/`; see `config.load_config`. A ConfigDict is not modified.
+    workdir: output folder; rerunning with the same folder resumes.
+    overrides: dotted config keys to set, e.g. `{"train.max_steps": 500}`.
+    data_dir: folder with the offline `{name}.npz` data sets (sets `config.data.data_dir`);
+      default `$HVAE_DATA_DIR`, else tensorflow_datasets.
+
+  Returns:
+    `load_model(workdir)`: the final checkpoint, ready to `score`.
+  """
+  from hvae_jax import train_lib  # pylint: disable=import-outside-toplevel
+  c = config_lib.load_config(config, overrides)
+  if data_dir is not None:
+    c.data.data_dir = os.fspath(data_dir)
+  workdir = os.fspath(workdir)
+  train_lib.train_and_evaluate(c, workdir)
+  return load_model(workdir)
+
+
+def evaluate(model: Union[TrainedModel, str, os.PathLike],
+             ood: Union[Sequence[str], Mapping[str, np.ndarray]] = ("mnist",), *,
+             output_dir: Optional[str] = None, in_test: Optional[np.ndarray] = None,
+             in_train: Optional[np.ndarray] = None, max_examples: Optional[int] = None,
+             ks: Optional[Sequence[int]] = None, iw_samples: Optional[int] = None,
+             iw_samples_elbo: Optional[int] = None, iw_samples_lk: Optional[int] = None,
+             batch_size: Optional[int] = None, seed: int = 0, data_dir: Optional[str] = None,
+             update_threshold: bool = True, use_cache: bool = True, scores: str = "paper",
+             background: Optional[str] = None, ensemble: Sequence[str] = (),
+             baseline_iw_samples: int = 100, **baseline_options: Any) -> dict:
+  """In-distribution vs OOD evaluation, exactly as `evaluate.py` runs it
+  (`evaluation.evaluate`, the one path behind both).
+
+  Scores the in-distribution test set, as many in-distribution training images (for the
+  train-vs-test sanity check and the label-free choice of k) and each OOD set, calibrates
+  the decision threshold on half the in-distribution test images (its acceptance measured on
+  the other half), then writes `results.md`, `results.json`, `roc_<ood>.png`,
+  `hist_<ood>.png`, `threshold.json` and score caches into `output_dir`.
+
+  Args:
+    model: a `TrainedModel` or a path for `load_model`.
+    ood: names of OOD data sets (`"mnist"`, `"kmnist"`, ...) loaded like the training data,
+      or a dict name -> uint8 images.
+    output_dir: default `<workdir>/eval` for a training workdir, else
+      `workdirs/<model name>/eval` (`evaluation.default_output_dir`).
+    in_test, in_train: uint8 in-distribution images; default the test and train splits of
+      `config.data.name`.
+    max_examples: images per data set (a seeded subset), -1 for all; default the config's.
+    ks: values of k; default every k in 1..L-1 (or `config.eval.ks`).
+    iw_samples: importance samples for both bounds; `iw_samples_elbo` / `iw_samples_lk`
+      set one bound's; default the config's.
+    batch_size: scoring batch size; default `config.eval.batch_size`.
+    seed: seed of the samples and the subsets.
+    data_dir: folder with offline data (default the config's, then `$HVAE_DATA_DIR`).
+    update_threshold: set `model.threshold` to the newly calibrated one, so `model.is_ood`
+      uses it (only when `model` is a TrainedModel object).
+    use_cache: reuse scores cached for this very model, images and settings (False rescores).
+    scores: 'paper' (ELBO, L^{>k}, LLR^{>k}), 'all', or a comma list of the competing scores
+      (iw_nll, typicality, complexity, bg_llr, waic, regret), as `evaluate.py --scores`.
+    background, ensemble: checkpoint paths of the background model (bg_llr) and of the other
+      ensemble members (waic); default: those scripts/reproduce_baselines.sh trains beside
+      the model's path.
+    baseline_iw_samples: importance samples S of log p(x) in the competing scores.
+    **baseline_options: other `competing.BaselineOptions` fields, e.g. regret_steps=100,
+      regret_lr=2e-4, typicality_batch=10.
+
+  Returns:
+    The results dict: `results["ood"][name]["metrics"][score]` has auroc / auprc / fpr80,
+    `results["bits_per_dim"]`, `results["threshold"]` (also in `threshold.json`), ...
+  """
+  from hvae_jax import competing, evaluation  # pylint: disable=import-outside-toplevel
+  trained = model if isinstance(model, TrainedModel) else load_model(os.fspath(model))
+  settings = evaluation.EvalSettings.resolve(
+      trained, ks=ks, iw_samples=iw_samples, iw_samples_elbo=iw_samples_elbo,
+      iw_samples_lk=iw_samples_lk, batch_size=batch_size, max_examples=max_examples, seed=seed)
+  try:
+    baseline = competing.BaselineOptions(iw_samples=baseline_iw_samples, **baseline_options)
+  except TypeError as e:  # an unknown keyword
+    raise ValueError(f"{e}; the competing scores' options are the fields of "
+                     f"hvae_jax.competing.BaselineOptions.") from None
+  options = evaluation.EvalOptions(scores=scores, background=background,
+                                   ensemble=tuple(ensemble), baseline=baseline,
+                                   use_cache=use_cache)
+  results = evaluation.evaluate(trained, settings, options, ood=ood, in_test=in_test,
+                                in_train=in_train, output_dir=output_dir, data_dir=data_dir)
+  if update_threshold and "threshold" in results and trained is model:
+    trained.threshold = dict(results["threshold"])
+  return results

@@ -5,6 +5,10 @@ with its default, and `validate` turns a bad value into an error that names the 
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+from typing import Any, Mapping, Optional, Union
+
 import ml_collections
 
 # The paper's FashionMNIST HVAE (hvae-oodd README): 3 stages of 64-channel residual blocks.
@@ -15,6 +19,7 @@ FMNIST_LATENTS = (("conv", 8), ("dense", 16), ("dense", 8))
 # train.py writes here and evaluate.py reads here unless --workdir says otherwise, so
 # `python train.py --config=...` followed by `python evaluate.py --ood=...` just works.
 DEFAULT_WORKDIR = "workdirs/default"
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # for names from configs/
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -144,6 +149,61 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if any(kind not in ("conv", "dense") for kind, _ in latents):
     raise ValueError(f"latent kinds must be 'conv' or 'dense', got {[k for k, _ in latents]}.")
   return c
+
+
+def load_config(config: Union[str, os.PathLike, ml_collections.ConfigDict],
+                overrides: Optional[Mapping[str, Any]] = None) -> ml_collections.ConfigDict:
+  """A validated config from a ConfigDict, a config file or a config name.
+
+  Args:
+    config: an `ml_collections.ConfigDict` (copied, not modified); a path to a config file
+      defining `get_config()`, optionally with an argument as on the command line
+      (`"configs/cifar_hvae.py:l4"`); or the name of a file in the repository's `configs/`
+      folder (`"tiny"`, `"fmnist_hvae_small"`).
+    overrides: dotted keys to set afterwards, e.g. `{"train.max_steps": 100}`.
+
+  Raises:
+    FileNotFoundError: no such config file.
+    ValueError: the file has no `get_config`, or a key or value is invalid (the message names it).
+  """
+  if isinstance(config, ml_collections.ConfigDict):
+    c = ml_collections.ConfigDict(config.to_dict())
+  else:
+    c = _config_from_file(os.fspath(config))
+  for dotted, value in (overrides or {}).items():
+    *parents, leaf = dotted.split(".")
+    node = c
+    for p in parents:
+      if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
+        raise ValueError(f"Unknown config key '{dotted}'; keys and defaults are in "
+                         f"hvae_jax/config.py.")
+      node = node[p]
+    if leaf not in node:
+      raise ValueError(f"Unknown config key '{dotted}'; keys and defaults are in "
+                       f"hvae_jax/config.py.")
+    node[leaf] = value
+  return validate(c)
+
+
+def _config_from_file(spec: str) -> ml_collections.ConfigDict:
+  path, arg = spec, None
+  if ":" in spec and not os.path.exists(spec):
+    path, arg = spec.rsplit(":", 1)
+  if not os.path.exists(path):  # a name from configs/, or a path relative to the repository
+    for candidate in (os.path.join(_REPO, "configs", f"{path}.py"), os.path.join(_REPO, path)):
+      if not os.path.isabs(path) and os.path.isfile(candidate):
+        path = candidate
+        break
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path!r} not found; pass a path to a .py file with "
+                            f"get_config(), a name from configs/, or a ConfigDict.")
+  module_spec = importlib.util.spec_from_file_location(
+      f"_hvae_config_{abs(hash(os.path.abspath(path)))}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"config file {path} defines no get_config().")
+  return module.get_config(arg) if arg is not None else module.get_config()
 
 
 def parse_flags_or_exit(argv: list[str]) -> list[str]:

@@ -86,3 +86,125 @@ def test_config_mismatch_is_a_checkpoint_error(tiny_workdir):
   c.model.blocks = (((16, 3, 2),), ((16, 3, 2),), ((16, 3, 1),))
   with pytest.raises(checkpoints.CheckpointError, match="checkpoint"):
     api.load_model(tiny_workdir, c)
+
+
+def test_scores_cannot_go_stale(tiny_workdir, tmp_path, capsys):
+  """Issue 20: evaluate, train further, evaluate again: new scores, no cache hit; the same
+  evaluation twice is a reported hit; use_cache=False and another binarization rescore."""
+  import shutil  # pylint: disable=import-outside-toplevel
+
+  import hvae_jax  # pylint: disable=import-outside-toplevel
+  from hvae_jax import train_lib  # pylint: disable=import-outside-toplevel
+  run = tmp_path / "run"
+  shutil.copytree(tiny_workdir, run)
+  kw = dict(ood={"digits": mnist_slice(40, seed=5)}, in_test=fmnist_slice(40, seed=5),
+            in_train=fmnist_slice(40, "train"), ks=(1,), batch_size=40)
+  first = hvae_jax.evaluate(str(run), **kw)
+  assert "from the cache" not in capsys.readouterr().out
+  again = hvae_jax.evaluate(str(run), **kw)
+  out = capsys.readouterr().out
+  assert out.count("from the cache") == 3, out  # in-test, in-train, digits: one line each
+  assert again["ood"] == first["ood"]
+  hvae_jax.evaluate(str(run), use_cache=False, **kw)
+  assert "from the cache" not in capsys.readouterr().out
+  cached = dict(np.load(run / "eval" / "scores_digits_test.npz"))
+
+  c = tiny_config()
+  c.train.max_steps = 50  # 10 more steps than the fixture's
+  c.train.sample_grid = 0
+  train_lib.train_and_evaluate(c, str(run))
+  capsys.readouterr()
+  hvae_jax.evaluate(str(run), **kw)
+  assert "from the cache" not in capsys.readouterr().out
+  new = dict(np.load(run / "eval" / "scores_digits_test.npz"))
+  assert not np.allclose(new["llr_k1"], cached["llr_k1"])
+
+  other_bin = api.load_model(str(run))
+  other_bin.config.data.eval_binarize_seed = 1
+  hvae_jax.evaluate(other_bin, **kw)
+  assert "from the cache" not in capsys.readouterr().out
+
+
+def test_cli_and_api_are_one_path_and_the_threshold_records_both_sample_counts(tiny_workdir,
+                                                                                tmp_path):
+  import hvae_jax  # pylint: disable=import-outside-toplevel
+  cli_out, api_out = tmp_path / "cli", tmp_path / "api"
+  r = _run(f"--workdir={tiny_workdir}", "--ood=mnist", "--max_examples=60", "--k=1,2",
+           "--iw_samples_elbo=2", "--iw_samples_lk=3", "--batch_size=30", f"--output={cli_out}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  model = hvae_jax.load_model(tiny_workdir)
+  res = hvae_jax.evaluate(model, ood=["mnist"], max_examples=60, ks=(1, 2), iw_samples_elbo=2,
+                          iw_samples_lk=3, batch_size=30, output_dir=str(api_out),
+                          data_dir=DATA_DIR)
+  cli = json.loads((cli_out / "results.json").read_text())
+  for key in ("settings", "bits_per_dim", "ood", "train_vs_test", "threshold", "k_unsupervised"):
+    assert cli[key] == json.loads(json.dumps(res[key])), key
+  for f in ("scores_fashion_mnist_test.npz", "scores_mnist_test.npz"):
+    a, b = np.load(cli_out / f), np.load(api_out / f)
+    for k in a.files:
+      if k not in ("_key", "_seconds"):
+        np.testing.assert_array_equal(a[k], b[k])
+  th = res["threshold"]
+  assert (th["iw_samples_elbo"], th["iw_samples_lk"]) == (2, 3)
+  assert json.loads((cli_out / "threshold.json").read_text()) == th
+  # Calibrated on one half of the 60 test images, its acceptance measured on the other half.
+  assert "30 of 60" in th["calibrated_on"] and "other 30" in th["acceptance_on"]
+  assert 0.0 <= th["acceptance"] <= 1.0 and set(th["ood_flagged"]) == {"mnist"}
+  assert "measured acceptance" in (cli_out / "results.md").read_text()
+  # is_ood uses the threshold's own k and both sample counts.
+  images = mnist_slice(12, seed=9)
+  s, flags = model.verdict(images)
+  ref = model.score(images, ks=(th["k"],), iw_samples=2, iw_samples_lk=3)[th["score"]]
+  np.testing.assert_array_equal(s[th["score"]], ref)
+  np.testing.assert_array_equal(flags, ref > th["value"])
+  np.testing.assert_array_equal(model.is_ood(images), flags)
+
+
+def test_a_shipped_model_is_evaluated_into_workdirs_not_into_its_folder(tmp_path):
+  shipped = os.path.join(REPO, "pretrained", "fmnist_hvae_small")
+  before = sorted(os.path.relpath(os.path.join(d, f), shipped)
+                  for d, _, fs in os.walk(shipped) for f in fs)
+  r = _run(f"--checkpoint={shipped}", "--ood=mnist", "--max_examples=16", "--k=1", cwd=tmp_path)
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = tmp_path / "workdirs" / "fmnist_hvae_small" / "eval"
+  assert (out / "results.json").exists() and str(out) in r.stdout
+  after = sorted(os.path.relpath(os.path.join(d, f), shipped)
+                 for d, _, fs in os.walk(shipped) for f in fs)
+  assert after == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--iw_samples=0"], "iw_samples=0 is not allowed"),
+    (["--max_examples=-3"], "max_examples=-3 is not allowed"),
+    (["--batch_size=0"], "batch_size=0 is not allowed"),
+    (["--k=7"], "k=['7'] is not allowed"),
+    (["--data_dir=/nowhere"], "data_dir='/nowhere' is not a folder"),
+    (["--scores=nope"], "unknown score 'nope'"),
+    (["--scores=typicality", "--typicality_batch=0"], "typicality_batch must be >= 1"),
+    (["--checkpoint=/nowhere"], "no checkpoint found"),
+])
+def test_evaluate_cli_bad_inputs_one_line_each(args, message):
+  r = _run(f"--checkpoint={os.path.join(REPO, 'pretrained', 'fmnist_hvae_small')}", *args)
+  assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
+  assert len(lines) == 1 and message in lines[0], r.stderr[-2000:]
+
+
+def test_python_api_bad_inputs(tmp_path):
+  import hvae_jax  # pylint: disable=import-outside-toplevel
+  m = hvae_jax.load_model(os.path.join(REPO, "pretrained", "fmnist_hvae_small"))
+  x = fmnist_slice(4)
+  kw = dict(in_test=x, in_train=x, ood={"d": mnist_slice(4)}, output_dir=str(tmp_path))
+  for bad, message in [({"iw_samples": 0}, "iw_samples=0"), ({"max_examples": -3}, "max_examples"),
+                       ({"batch_size": 0}, "batch_size=0"), ({"ks": (9,)}, "k=[9]"),
+                       ({"seed": -1}, "seed=-1"), ({"scores": "nope"}, "unknown score"),
+                       ({"data_dir": "/nowhere", "in_test": None}, "data_dir"),
+                       ({"regret_foo": 1}, "BaselineOptions"),
+                       ({"iw_samples_elbo": 1.5}, "iw_samples_elbo=1.5")]:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+      hvae_jax.evaluate(m, **{**kw, **bad})
+  for bad, message in [({"iw_samples": 0}, "iw_samples=0"), ({"batch_size": 0}, "batch_size=0"),
+                       ({"ks": (0,)}, "k=")]:
+    with pytest.raises(ValueError, match=message):
+      m.score(x, **bad)
+  assert not list(tmp_path.iterdir())  # every check ran before any work

@@ -1,0 +1,82 @@
+"""Per-example score caches keyed on everything that changes a score.
+
+A cached set of scores is reused only when its key matches: a digest of the model (every
+parameter's bytes and its config), the images, the scoring settings and `SCORE_VERSION`, so
+a resumed or retrained model, other images, another binarization seed or a `--config`
+override all rescore. The paper's scores (evaluation.py) and the competing scores
+(competing.py) both store their per-set arrays here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+# Bump when a change in the code changes what a score means or how it is computed, so caches
+# written by older code are not reused.
+SCORE_VERSION = 2
+
+
+def array_digest(x: Any) -> str:
+  """sha1 of an array's dtype, shape and bytes."""
+  a = np.ascontiguousarray(np.asarray(x))
+  h = hashlib.sha1(f"{a.dtype.str}{a.shape}".encode())
+  h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def params_digest(params: Any) -> str:
+  """sha1 over every parameter leaf (name order, dtypes, shapes and bytes)."""
+  h = hashlib.sha1()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(array_digest(leaf).encode())
+  return h.hexdigest()
+
+
+def key_of(**parts: Any) -> str:
+  """The cache key of JSON-able `parts` (with the code's SCORE_VERSION)."""
+  blob = json.dumps({"score_version": SCORE_VERSION, **parts}, sort_keys=True, default=str)
+  return hashlib.sha1(blob.encode()).hexdigest()
+
+
+class ScoreCache:
+  """`.npz` files of named `[N]` arrays in `directory`, each stored with its key.
+
+  `get` returns the arrays only if the stored key equals the one asked for (and says so in
+  one line); `use=False` (`--no_cache`) never reads, but still writes, so the next run can
+  reuse what this one computed. `directory=None` disables the cache.
+  """
+
+  def __init__(self, directory: Optional[str], use: bool = True, verbose: bool = True):
+    self.directory, self.use, self.verbose = directory, use, verbose
+
+  def _file(self, name: str) -> str:
+    return os.path.join(self.directory, f"{name}.npz")
+
+  def get(self, name: str, key: str) -> Optional[dict[str, np.ndarray]]:
+    if not (self.directory and self.use and os.path.exists(self._file(name))):
+      return None
+    try:
+      with np.load(self._file(name)) as f:
+        if "_key" not in f.files or str(f["_key"]) != key:
+          return None
+        arrays = {k: f[k] for k in f.files if k != "_key"}
+    except (OSError, ValueError, EOFError):  # a truncated or foreign file: just rescore
+      return None
+    if self.verbose:
+      print(f"Note: {name} from the cache in {self.directory} (same model, images and "
+            f"settings); --no_cache rescores.")
+    return arrays
+
+  def put(self, name: str, key: str, arrays: dict[str, np.ndarray]) -> None:
+    if not self.directory:
+      return
+    os.makedirs(self.directory, exist_ok=True)
+    tmp = self._file(name) + ".tmp.npz"
+    np.savez(tmp, _key=np.asarray(key), **arrays)
+    os.replace(tmp, self._file(name))  # atomic: a killed run leaves no half-written cache

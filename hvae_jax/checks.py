@@ -1,0 +1,29 @@
+"""Argument checks shared by the CLIs and the Python API: one line naming the argument, the
+value and what is allowed, raised before any work starts."""
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+
+def positive_int(name: str, value: Any) -> int:
+  """`value` as an int >= 1, else ValueError naming `name`."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    raise ValueError(f"{name}={value!r} is not allowed: give an integer >= 1.")
+  return int(value)
+
+
+def non_negative_int(name: str, value: Any) -> int:
+  """`value` as an int >= 0, else ValueError naming `name`."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+    raise ValueError(f"{name}={value!r} is not allowed: give an integer >= 0.")
+  return int(value)
+
+
+def example_count(name: str, value: Any) -> int:
+  """A number of examples: an int >= 1, or -1 for all of them."""
+  if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+      or not (value == -1 or value >= 1)):
+    raise ValueError(f"{name}={value!r} is not allowed: give a number of examples >= 1, or -1 "
+                     f"for all of them.")
+  return int(value)
