@@ -140,10 +140,10 @@ def calibration_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   return np.sort(perm[:n // 2]), np.sort(perm[n // 2:])
 
 
-def default_output_dir(model_path: str) -> str:
-  """Where results go without `--output`: `<workdir>/eval` for a training workdir (or a
+def default_output_dir(model_path: str, leaf: str = "eval") -> str:
+  """Where results go without `--output`: `<workdir>/<leaf>` for a training workdir (or a
   checkpoint in one); for any other checkpoint (a shipped model under `pretrained/`, a
-  converted one) `workdirs/<its name>/eval`, so nothing is written into shipped models."""
+  converted one) `workdirs/<its name>/<leaf>`, so nothing is written into shipped models."""
   if not model_path:
     raise ValueError("this model has no path; pass an output folder (output_dir= / --output).")
   root = os.path.abspath(model_path)
@@ -152,8 +152,8 @@ def default_output_dir(model_path: str) -> str:
   elif os.path.basename(root) == "checkpoints":
     root = os.path.dirname(root)
   if os.path.isfile(os.path.join(root, "metrics.jsonl")):  # train_lib writes it: a workdir
-    return os.path.join(root, "eval")
-  return os.path.join("workdirs", os.path.basename(root), "eval")
+    return os.path.join(root, leaf)
+  return os.path.join("workdirs", os.path.basename(root), leaf)
 
 
 def evaluate(trained: TrainedModel, settings: EvalSettings, options: EvalOptions = EvalOptions(),

@@ -59,7 +59,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--checkpoint", required=True, help="a training workdir, a step directory in "
                  "its checkpoints/, or a shipped model such as pretrained/fmnist_hvae_small")
   p.add_argument("--output", help="folder for scores.csv and scores.json (default: "
-                 "workdirs/<checkpoint name>/score in the current folder)")
+                 "<workdir>/score for a training workdir, else workdirs/<checkpoint name>/score "
+                 "in the current folder)")
   p.add_argument("--k", type=_ks, help="comma-separated k of L^{>k} / LLR^{>k} to score "
                  "(default: the threshold's k, which is always scored; without one, every k)")
   p.add_argument("--iw_samples", type=_at_least(1), help="importance samples of both bounds "
@@ -77,17 +78,6 @@ def parser() -> argparse.ArgumentParser:
                  "as images, with a note, instead of stopping")
   p.add_argument("--verbose", action="store_true", help="show the traceback of an error")
   return p
-
-
-def default_output(checkpoint: str) -> str:
-  """`workdirs/<run>/score` in the current folder, <run> the workdir a step directory is in."""
-  from hvae_jax.checkpoints import CHECKPOINT_SUBDIR  # pylint: disable=import-outside-toplevel
-  p = os.path.abspath(checkpoint)
-  if os.path.basename(p).isdigit():
-    p = os.path.dirname(p)
-  if os.path.basename(p) == CHECKPOINT_SUBDIR:
-    p = os.path.dirname(p)
-  return os.path.join("workdirs", os.path.basename(p), "score")
 
 
 def _note(message: str) -> None:
@@ -140,12 +130,9 @@ def _short(path: str, width: int = 48) -> str:
 
 def _settings(trained: TrainedModel, args: argparse.Namespace) -> tuple[list[int], dict[str, int]]:
   """The ks and importance samples to score with: the threshold's unless the flags say."""
-  from hvae_jax import api, ood  # pylint: disable=import-outside-toplevel
+  from hvae_jax import api  # pylint: disable=import-outside-toplevel
   th = trained.threshold
-  if args.k and max(args.k) > ood.max_k(trained.model):
-    raise ValueError(f"--k={','.join(map(str, args.k))}: this model has k in "
-                     f"1..{ood.max_k(trained.model)}")
-  ks = sorted(set(args.k or ()) | {th["k"]}) if th else sorted(args.k or trained.default_ks())
+  ks = sorted(set(trained.check_ks(args.k)) | ({th["k"]} if th else set()))
   if args.iw_samples:
     return ks, {"iw_samples": args.iw_samples, "iw_samples_lk": args.iw_samples}
   if th:
@@ -218,13 +205,13 @@ def run(args: argparse.Namespace) -> dict:
                      "searched recursively)")
 
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from hvae_jax import api, checkpoints, metrics  # pylint: disable=import-outside-toplevel
+  from hvae_jax import api, checkpoints, evaluation, metrics  # pylint: disable=import-outside-toplevel
   try:
     trained = api.load_model(args.checkpoint)
   except checkpoints.CheckpointError as e:
     raise ValueError(f"--checkpoint={args.checkpoint}: {e}") from None
   ks, samples = _settings(trained, args)
-  out_dir = args.output or default_output(args.checkpoint)
+  out_dir = args.output or evaluation.default_output_dir(args.checkpoint, "score")
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from hvae_jax import api, image_files, score
+from hvae_jax import api, evaluation, image_files, score
 from tests.helpers import DATA_DIR, REPO, fmnist_slice, mnist_slice
 
 PRETRAINED = os.path.join(REPO, "pretrained", "fmnist_hvae_small")
@@ -133,12 +133,13 @@ def test_conversion_notes_count_each_kind_once():
       "converted 3 images from RGB (2), palette (1) to greyscale"]
 
 
-def test_default_output_is_under_workdirs_named_after_the_run():
-  assert score.default_output(PRETRAINED) == os.path.join("workdirs", "fmnist_hvae_small", "score")
-  assert score.default_output("runs/fmnist/checkpoints/1872") == os.path.join(
-      "workdirs", "fmnist", "score")
-  assert score.default_output("runs/fmnist/checkpoints/") == os.path.join(
-      "workdirs", "fmnist", "score")
+def test_default_output_is_under_workdirs_named_after_the_run(tmp_path):
+  out = lambda p: evaluation.default_output_dir(p, "score")
+  assert out(PRETRAINED) == os.path.join("workdirs", "fmnist_hvae_small", "score")
+  assert out("runs/fmnist/checkpoints/1872") == os.path.join("workdirs", "fmnist", "score")
+  assert out("runs/fmnist/checkpoints/") == os.path.join("workdirs", "fmnist", "score")
+  (tmp_path / "metrics.jsonl").write_text("")  # a training workdir: results go inside it
+  assert out(str(tmp_path / "checkpoints" / "20")) == str(tmp_path / "score")
 
 
 @needs_data
@@ -204,7 +205,7 @@ def test_without_a_threshold_scores_only_into_workdirs(folder, tmp_path, monkeyp
     (["empty"], "no .png/.jpg/.jpeg images in"),
     (["*.gif"], "*.gif: no file or folder matches"),
     (["--iw_samples=0", "shirt.png"], "argument --iw_samples: must be an integer >= 1, got '0'"),
-    (["--k=9", "shirt.png"], "--k=9: this model has k in 1..2"),
+    (["--k=9", "shirt.png"], "k=[9] is not allowed: this model has 3 latent layers"),
     (["--checkpoint=nowhere", "shirt.png"], "--checkpoint=nowhere: no such folder"),
 ])
 def test_bad_input_is_one_clear_error(folder, monkeypatch, args, message):
