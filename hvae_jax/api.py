@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import jax
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
 from hvae_jax import batching, cache, checkpoints, checks, config as config_lib, data, ood
 from hvae_jax.models import build_model as _build_model
@@ -32,6 +33,8 @@ class TrainedModel:
   kind: str  # 'binary' or 'discrete'
   threshold: Optional[dict] = None  # {'score': name, 'value': float, ...} from evaluate.py
   path: str = ""
+  # Devices that score: None = every device of every process (data-parallel batches).
+  mesh: Optional[Mesh] = None
   _fns: dict = dataclasses.field(default_factory=dict, repr=False)
 
   def check_images(self, images: Any) -> np.ndarray:
@@ -61,10 +64,12 @@ class TrainedModel:
     return images_uint8
 
   def score_fn(self, ks: Sequence[int], iw_samples_elbo: int, iw_samples_lk: int, chunk_size: int):
-    """The jitted scorer for these settings, built once and reused."""
+    """The jitted `(params, x, key) -> {name: [batch]}` scorer for these settings (names as
+    `ood.flatten_scores`), built once and reused."""
     sig = (tuple(ks), iw_samples_elbo, iw_samples_lk, chunk_size)
     if sig not in self._fns:
-      self._fns[sig] = ood.make_score_fn(self.model, ks, iw_samples_elbo, iw_samples_lk, chunk_size)
+      raw = ood.make_score_fn(self.model, ks, iw_samples_elbo, iw_samples_lk, chunk_size)
+      self._fns[sig] = jax.jit(lambda p, x, key: ood.flatten_scores(raw(p, x, key), ks))
     return self._fns[sig]
 
   def default_ks(self) -> tuple[int, ...]:
@@ -92,7 +97,8 @@ class TrainedModel:
 
     Returns float32 `[N]` arrays: elbo (nats), elbo_bpd, and per k: lk_k{k}, lk_k{k}_bpd,
     llr_k{k} (larger = more OOD). `iw_samples` applies to both bounds unless `iw_samples_lk`
-    is given. Every batch is padded to `batch_size` so one compiled function serves all.
+    is given. Every batch is padded to `batch_size` (rounded up to a multiple of the device
+    count) so one compiled function serves all, and split over `mesh` (every device).
     """
     ks = self.check_ks(ks)
     iw = checks.positive_int("iw_samples", iw_samples)
@@ -102,8 +108,7 @@ class TrainedModel:
     seed = checks.non_negative_int("seed", seed)
     x = self.model_inputs(self.check_images(images))
     fn = self.score_fn(ks, iw, iw_lk, self.config.eval.chunk_size)
-    per_example = lambda p, xb, key: ood.flatten_scores(fn(p, xb, key), ks)  # [batch] each
-    out = batching.map_batches(per_example, self.params, x, bs, jax.random.key(seed),
+    out = batching.map_batches(fn, self.params, x, bs, jax.random.key(seed), mesh=self.mesh,
                                progress=progress, desc=desc)
     return out or {}
 

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hvae_jax import objectives, ood
 
@@ -268,10 +269,27 @@ class LikelihoodRegret:
     self.model = model
     self.tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(lr))
     self.iw_samples, self.chunk_size = iw_samples, chunk_size
-    self._start = jax.jit(self._start_batch)
-    self._step = jax.jit(jax.vmap(self._step_one, in_axes=(None, 0, 0, 0, 0, None)),
-                         donate_argnums=(1, 2))
-    self._bounds = jax.jit(jax.vmap(self._bounds_one, in_axes=(None, 0, 0, 0)))
+    self._compiled: dict = {}
+
+  def _fns(self, mesh: Optional[Mesh]) -> tuple[Callable, Callable, Callable]:
+    """(start, step, bounds), jitted once per mesh. On a mesh each device refits its own
+    examples (`shard_map`): the per-example encoder copies never cross devices, and XLA's
+    partitioner is not asked to split the per-example (grouped) convolutions, which it got
+    wrong on 2 CPU devices (tests/test_parallel_scoring.py)."""
+    if mesh not in self._compiled:
+      step = jax.vmap(self._step_one, in_axes=(None, 0, 0, 0, 0, None))
+      bounds = jax.vmap(self._bounds_one, in_axes=(None, 0, 0, 0))
+      fns = [(self._start_batch, (P(), P("data"))),
+             (step, (P(), P("data"), P("data"), P("data"), P("data"), P())),
+             (bounds, (P(), P("data"), P("data"), P("data")))]
+      if mesh is not None:
+        fns = [(jax.shard_map(f, mesh=mesh, in_specs=specs, out_specs=P("data"),
+                              check_vma=False), specs)
+               for f, specs in fns]
+      start, step, bounds = (f for f, _ in fns)
+      self._compiled[mesh] = (jax.jit(start), jax.jit(step, donate_argnums=(1, 2)),
+                              jax.jit(bounds))
+    return self._compiled[mesh]
 
   def _start_batch(self, params: Any, keys: Array) -> tuple[Any, Any, Array, Array]:
     enc0, _ = split_encoder(params)
@@ -300,10 +318,15 @@ class LikelihoodRegret:
     `keys[i]` (`keys` `[batch]`)."""
     if int(steps) < 0:
       raise ValueError(f"regret steps must be >= 0, got {steps}.")
-    enc, opt_state, k_opt, k_eval = self._start(params, keys)
+    mesh = None
+    if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding):
+      mesh = x.sharding.mesh  # a batch split over devices: refit where the examples are
+      keys = jax.device_put(keys, x.sharding)
+    start, step, bounds = self._fns(mesh)
+    enc, opt_state, k_opt, k_eval = start(params, keys)
     for i in range(int(steps)):
-      enc, opt_state = self._step(params, enc, opt_state, x, k_opt, jnp.asarray(i, jnp.int32))
-    return self._bounds(params, enc, x, k_eval)
+      enc, opt_state = step(params, enc, opt_state, x, k_opt, jnp.asarray(i, jnp.int32))
+    return bounds(params, enc, x, k_eval)
 
   def __call__(self, params: Any, x: Array, key: Array, steps: int
                ) -> tuple[Array, Array, Array]:

@@ -1,32 +1,55 @@
-"""One loop for every pass over a data set: fixed-size batches, a key per batch, outputs cut.
+"""One loop for every pass over a data set: fixed-size batches, a key per batch, outputs cut,
+each batch split over every device.
 
 Scoring, the competing scores and test bits/dim during training all run a jitted
 `fn(params, x_batch, key)` over N examples. Every batch has the same size (the last one is
 padded by repeating its final example, the padding's outputs dropped), so one compiled shape
-serves any N; batch i starting at example `i` gets `fold_in(key, i)`, so a result does not
+serves any N; the batch starting at example `i` gets `fold_in(key, i)`, so a result does not
 depend on how the examples were split into calls.
+
+Data parallel as training is: the batch is sharded over the 'data' axis of a device `Mesh`
+(all devices of all processes by default), the parameters replicated, and XLA runs `fn` on
+every device at once. Random draws do not depend on the sharding (JAX's partitionable
+threefry), so the scores equal a one-device run's up to float rounding. In a multi-process
+run every process holds the same images and calls this with the same arguments; each
+contributes its devices' rows and gets every example's outputs back.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from hvae_jax import data
 
 
-def map_batches(fn: Callable[[Any, np.ndarray, jax.Array], Any], params: Any, x: np.ndarray,
-                batch_size: int, key: jax.Array, *, progress: bool = False,
-                desc: str = "") -> Any:
-  """`fn` over `x` `[N, ...]` in batches of `min(batch_size, N)`; the outputs' leading axes,
-  `[batch, ...]` per call, concatenated to `[N, ...]` numpy arrays (same pytree as `fn`'s).
+def device_batch_size(batch_size: int, n: int, mesh: Mesh) -> int:
+  """The batch size used for `n` examples: at most `batch_size` (and `n`), rounded up to a
+  multiple of the mesh's device count so the batch splits evenly."""
+  per = -(-max(1, min(int(batch_size), n)) // mesh.size)
+  return per * mesh.size
 
-  A tqdm bar counts examples when `progress` is set. `N = 0` returns None.
+
+def map_batches(fn: Callable[[Any, jax.Array, jax.Array], Any], params: Any, x: np.ndarray,
+                batch_size: int, key: jax.Array, *, mesh: Optional[Mesh] = None,
+                progress: bool = False, desc: str = "") -> Any:
+  """`fn` over `x` `[N, ...]` in batches of `device_batch_size(batch_size, N, mesh)`; the
+  outputs' leading axes, `[batch, ...]` per call, concatenated to `[N, ...]` numpy arrays
+  (same pytree as `fn`'s).
+
+  `mesh` defaults to every device (`data.make_data_mesh()`). A tqdm bar counts examples
+  when `progress` is set. `N = 0` returns None.
   """
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   n = len(x)
   if n == 0:
     return None
-  bs = max(1, min(int(batch_size), n))
+  mesh = mesh if mesh is not None else data.make_data_mesh()
+  bs = device_batch_size(batch_size, n, mesh)
+  params = jax.device_put(params, NamedSharding(mesh, P()))  # replicated, moved once
   parts = []
   with tqdm(total=n, desc=desc, unit="img", disable=not progress, dynamic_ncols=True) as bar:
     for i in range(0, n, bs):
@@ -34,7 +57,8 @@ def map_batches(fn: Callable[[Any, np.ndarray, jax.Array], Any], params: Any, x:
       m = len(xb)
       if m < bs:  # one compiled shape: pad with the last example, drop its outputs below
         xb = np.concatenate([xb, np.repeat(xb[-1:], bs - m, 0)])
-      out = fn(params, xb, jax.random.fold_in(key, i))
+      out = fn(params, data.global_batch(xb, mesh), jax.random.fold_in(key, i))
+      out = multihost_utils.process_allgather(out, tiled=True)  # every example, every process
       parts.append(jax.tree_util.tree_map(lambda a, m=m: np.asarray(a)[:m], out))
       bar.update(m)
   return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)

@@ -191,7 +191,7 @@ class BaselineScorer:
     t0 = time.time()
     out = batching.map_batches(fn, params, x, batch_size,
                                jax.random.key(self.options.seed + salt),
-                               progress=self.progress, desc=desc)
+                               mesh=self.trained.mesh, progress=self.progress, desc=desc)
     return out, time.time() - t0
 
   def log_likelihoods(self, trained: "TrainedModel", x: np.ndarray, desc: str = ""

@@ -420,3 +420,13 @@ def shard_to_mesh(x: Any, mesh: Mesh, axis_name: str = "data") -> Any:
       raise ValueError(f"Batch size {np.shape(a)[0]} is not divisible by mesh axis "
                        f"{axis_name!r} of size {n}.")
   return jax.device_put(x, NamedSharding(mesh, PartitionSpec(axis_name)))
+
+
+def global_batch(x: np.ndarray, mesh: Mesh, axis_name: str = "data") -> jax.Array:
+  """`x` `[batch, ...]`, which every process holds whole, as one array sharded on its batch
+  axis over `mesh`: each process places only the rows of its own devices (several hosts too)."""
+  if len(x) % mesh.shape[axis_name]:
+    raise ValueError(f"Batch size {len(x)} is not divisible by mesh axis {axis_name!r} of "
+                     f"size {mesh.shape[axis_name]}.")
+  sharding = NamedSharding(mesh, PartitionSpec(axis_name))
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])

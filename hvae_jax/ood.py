@@ -120,12 +120,13 @@ def make_score_fn(model: nn.Module, ks: Sequence[int] | None = None, iw_samples_
   return jax.jit(fn)
 
 
-def flatten_scores(s: dict[str, Any], ks: Sequence[int]) -> dict[str, np.ndarray]:
-  """Named 1-D score arrays: elbo, lk_k{k}, llr_k{k} (+ bits/dim), as numpy float32."""
-  out = {"elbo": np.asarray(s["elbo"], np.float32),
-         "elbo_bpd": np.asarray(s["elbo_bpd"], np.float32)}
+def flatten_scores(s: dict[str, Any], ks: Sequence[int]) -> dict[str, Array]:
+  """Named `[batch]` float32 score arrays: elbo, lk_k{k}, llr_k{k} (+ bits/dim); traceable,
+  so a jitted scorer can return them (each leading axis the batch, as `map_batches` needs)."""
+  f32 = lambda v: jnp.asarray(v, jnp.float32)
+  out = {"elbo": f32(s["elbo"]), "elbo_bpd": f32(s["elbo_bpd"])}
   for i, k in enumerate(ks):
-    out[f"lk_k{k}"] = np.asarray(s["lk"][i], np.float32)
-    out[f"lk_k{k}_bpd"] = np.asarray(s["lk_bpd"][i], np.float32)
-    out[f"llr_k{k}"] = np.asarray(s["llr"][i], np.float32)
+    out[f"lk_k{k}"] = f32(s["lk"][i])
+    out[f"lk_k{k}_bpd"] = f32(s["lk_bpd"][i])
+    out[f"llr_k{k}"] = f32(s["llr"][i])
   return out
