@@ -242,7 +242,8 @@ class _StopOnInterrupt:
   The train step donates its input state, so a KeyboardInterrupt raised between the step's
   return and the assignment of its result would leave no valid state to save; a flag set by
   the signal handler cannot. A second Ctrl-C raises KeyboardInterrupt at once (no save). Only
-  the main thread receives signals; elsewhere this does nothing.
+  the main thread receives signals, and an ignored SIGINT (e.g. a job started with `&` from a
+  script) stays ignored; there this does nothing.
   """
 
   def __init__(self):
@@ -255,8 +256,11 @@ class _StopOnInterrupt:
     signal.signal(signum, self._previous)  # no printing here: it may interrupt a print
 
   def __enter__(self) -> _StopOnInterrupt:
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.getsignal(signal.SIGINT) or signal.default_int_handler
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.SIG_IGN:
+      self._previous = previous or signal.default_int_handler
       signal.signal(signal.SIGINT, self._handle)
     return self
 

@@ -229,10 +229,15 @@ def test_ctrl_c_right_after_a_step_saves_that_step(tmp_path, monkeypatch, capsys
       os.kill(os.getpid(), signal.SIGINT)
 
   _wrap_step(monkeypatch, interrupt)
-  with pytest.raises(KeyboardInterrupt):
-    train_lib.train_and_evaluate(_quick_config(max_steps=20), str(tmp_path))
+  # As in a terminal (a shell script's background job would have SIGINT ignored).
+  outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      train_lib.train_and_evaluate(_quick_config(max_steps=20), str(tmp_path))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+  finally:
+    signal.signal(signal.SIGINT, outer)
   assert "Interrupted: saved step 3" in capsys.readouterr().out
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
   state, _ = checkpoints.load_checkpoint_dir(str(tmp_path))
   assert int(state["step"]) == 3
   jax.tree_util.tree_map(np.testing.assert_array_equal, state["params"],
