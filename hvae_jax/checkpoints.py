@@ -26,8 +26,16 @@ Atomicity: orbax writes each step into `<step>.orbax-checkpoint-tmp` and renames
 a `commit_success.txt` marker instead). A kill during a save therefore leaves at most a tmp
 directory, which is never listed as a step, and the writer removes it on its next start.
 
+Integrity: orbax stores no checksum of array data, so a flipped byte would load silently.
+Once orbax has committed a step, a background thread writes its `SHA256SUMS` (temp file +
+rename); every restore checks the files against it first, and a mismatch is a
+`CorruptCheckpointError` naming the file and the step. Steps saved before manifests existed
+load unverified, with a one-line note. `restore_newest_valid` (training's resume) moves
+corrupt steps aside and falls back to the newest step that verifies.
+
 Multi-host: all public methods must be called on every process (orbax synchronises the hosts
-and lets only the primary one write shared files); nothing here special-cases host 0.
+and lets only the primary one write shared files); only process 0 writes manifests and moves
+corrupt steps aside, the others wait for the move.
 """
 from __future__ import annotations
 

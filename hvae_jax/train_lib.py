@@ -221,7 +221,8 @@ class _NonFiniteSteps:
 
   def check(self, done: int, last_saved: Optional[int]) -> None:
     """Raises TrainingError ('stop') or reports and resets ('skip') if any step went bad."""
-    count, first = (int(v) for v in jax.device_get(self._tally))
+    # The tally is replicated: this host's copy is the whole of it (also with several hosts).
+    count, first = (int(v) for v in np.asarray(self._tally.addressable_data(0)))
     if count == 0:
       return
     more = f" ({count} such steps by step {done - 1})" if count > 1 else ""
@@ -229,7 +230,7 @@ class _NonFiniteSteps:
     if self._policy == "stop":
       saved = (f"the last good checkpoint in {self._workdir} is step {last_saved}"
                if last_saved is not None else f"no checkpoint was saved in {self._workdir}")
-      raise TrainingError(f"Stopped: {what}. The update was not applied; {saved}. Lower "
+      raise TrainingError(f"Stopped: {what}. No non-finite update was applied; {saved}. Lower "
                           "train.learning_rate, set train.grad_clip, or use "
                           "train.nan_policy='skip'.")
     print(f"Skipped the update: {what}.")
