@@ -2,10 +2,15 @@
 
 Rerunning the same command resumes from the latest checkpoint in --workdir.
 Override any knob from the command line, e.g. --config.train.batch_size=64.
+Ctrl-C saves the last completed step and stops; a second Ctrl-C quits without saving.
 """
+import os
+from typing import Optional
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hvae_jax import config as config_lib
 from hvae_jax.config import DEFAULT_WORKDIR, parse_flags_or_exit
 
 FLAGS = flags.FLAGS
@@ -15,24 +20,74 @@ flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "Checkpoints, metrics and sample
 flags.DEFINE_string("data_dir", None, "Folder with the offline .npz datasets (or tfds data_dir); "
                     "defaults to $HVAE_DATA_DIR.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
+flags.DEFINE_bool("verbose", False, "On an error, show the full traceback instead of one line.")
+
+
+def _data_dir_problem(config) -> Optional[str]:
+  """Why the data folder the run would read cannot be right, naming where it was set."""
+  if FLAGS.data_dir:
+    where, path = "--data_dir", FLAGS.data_dir
+  elif config.data.data_dir:
+    where, path = "--config.data.data_dir", config.data.data_dir
+  else:
+    from hvae_jax import data  # pylint: disable=import-outside-toplevel
+    where, path = f"${data.DATA_DIR_ENV}", data.default_data_dir()
+  # tfds may create its data_dir to download into; the offline archives must already be there.
+  if path is None or config.data.source not in ("auto", "npz"):
+    return None
+  path = os.path.expanduser(path)
+  if not os.path.exists(path):
+    return (f"{where}={path}: no such directory; pass the folder holding "
+            f"{config.data.name}.npz (or --config.data.source=tfds to download with internet).")
+  if not os.path.isdir(path):
+    return f"{where}={path} is a file; pass the folder holding {config.data.name}.npz."
+  return None
+
+
+def _flag_problem(config) -> Optional[str]:
+  """The first command-line flag whose value cannot work, as one line, before any work."""
+  if not FLAGS.workdir:
+    return "--workdir is empty; pass the directory for checkpoints, metrics and samples."
+  if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+    return (f"--workdir={FLAGS.workdir} is a file, not a directory; pass a new or existing "
+            "training directory.")
+  return _data_dir_problem(config)
+
+
+def _exit_with(err: BaseException):
+  """One `error:` line and a non-zero exit; the traceback too with --verbose."""
+  if FLAGS.verbose:
+    raise err
+  raise SystemExit(f"error: {err}") from None
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  config = FLAGS.config
+  try:
+    problem = _flag_problem(config)
+    if problem:
+      raise ValueError(problem)
+    config_lib.validate(config)  # again in train_and_evaluate; here before JAX starts up
+  except ValueError as e:
+    _exit_with(e)
   import jax  # pylint: disable=import-outside-toplevel
   if FLAGS.distributed:
     jax.distributed.initialize()
   from hvae_jax import train_lib  # pylint: disable=import-outside-toplevel
-  config = FLAGS.config
   if FLAGS.data_dir:
     config.data.data_dir = FLAGS.data_dir
   print(f"JAX devices: {jax.devices()}")
   try:
     train_lib.train_and_evaluate(config, FLAGS.workdir)
-  except (ValueError, FileNotFoundError, train_lib.TrainingError,
+  except (ValueError, OSError, train_lib.TrainingError,
           train_lib.checkpoints.CheckpointError) as e:
-    raise SystemExit(f"error: {e}") from None
+    _exit_with(e)
+  except KeyboardInterrupt:
+    if FLAGS.verbose:
+      raise
+    raise SystemExit(130) from None  # train_lib has said what was saved
 
 
 if __name__ == "__main__":

@@ -12,34 +12,47 @@ uses `WORKDIR/checkpoints/`, and `load_checkpoint_dir` accepts either level::
 
   CKPT_DIR/
     <step>/                      one finished checkpoint, e.g. 2000/
+      SHA256SUMS                 sha256 of every other file here (`sha256sum -c` format)
       _CHECKPOINT_METADATA       orbax step metadata (item handlers, timestamps)
       state/                     the `state` pytree (orbax PyTree handler, OCDBT + zarr)
         _METADATA                tree structure, shapes and dtypes
         manifest.ocdbt, d/...    array data
       metadata/metadata          the JSON `metadata` dict
     <step>.orbax-checkpoint-tmp  a save in progress (or one killed mid-way): ignored
+    <step>.corrupt               a step that failed its checksums, moved aside on resume
 
 Atomicity: orbax writes each step into `<step>.orbax-checkpoint-tmp` and renames it to
 `<step>` only once every item is complete (on GCS, where renames are not atomic, it writes
 a `commit_success.txt` marker instead). A kill during a save therefore leaves at most a tmp
 directory, which is never listed as a step, and the writer removes it on its next start.
 
+Integrity: orbax stores no checksum of array data, so a flipped byte would load silently.
+Once orbax has committed a step, a background thread writes its `SHA256SUMS` (temp file +
+rename); every restore checks the files against it first, and a mismatch is a
+`CorruptCheckpointError` naming the file and the step. Steps saved before manifests existed
+load unverified, with a one-line note. `restore_newest_valid` (training's resume) moves
+corrupt steps aside and falls back to the newest step that verifies.
+
 Multi-host: all public methods must be called on every process (orbax synchronises the hosts
-and lets only the primary one write shared files); nothing here special-cases host 0.
+and lets only the primary one write shared files); only process 0 writes manifests and moves
+corrupt steps aside, the others wait for the move.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
-from typing import Any, Optional
+import threading
+from typing import Any, Callable, Optional
 
 from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "Checkpointer", "load_checkpoint_dir", "match_params"]
+__all__ = ["CheckpointError", "Checkpointer", "CorruptCheckpointError", "load_checkpoint_dir",
+           "match_params"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +62,10 @@ METADATA_ITEM = "metadata"
 CHECKPOINT_SUBDIR = "checkpoints"
 # Orbax's suffix for unfinished saves (orbax/checkpoint/_src/path/atomicity_types.py).
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
+# Checksums of a step's files, in `sha256sum` format: `cd <step> && sha256sum -c SHA256SUMS`.
+MANIFEST = "SHA256SUMS"
+_MANIFEST_TMP = MANIFEST + ".tmp"
+CORRUPT_SUFFIX = ".corrupt"
 _MAX_LISTED_MISMATCHES = 5
 
 
@@ -68,6 +85,19 @@ class CheckpointError(Exception):
 
   The message names the directory involved and what to do about it.
   """
+
+
+class CorruptCheckpointError(CheckpointError):
+  """One step's files are damaged: a checksum mismatch, or unreadable or missing files.
+
+  Unlike a checkpoint that does not fit the model, an older step may still be fine; `step`
+  is the damaged one and `problem` says what is wrong with it.
+  """
+
+  def __init__(self, message: str, step: int, problem: str):
+    super().__init__(message)
+    self.step = step
+    self.problem = problem
 
 
 def _no_checkpoint_message(directory: Any) -> str:
@@ -296,12 +326,57 @@ def _snapshot_leaf(x: Any) -> Any:
   return x
 
 
+def _sha256(path: epath.Path) -> str:
+  digest = hashlib.sha256()
+  with path.open("rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _files(directory: epath.Path, prefix: str = "") -> list[tuple[str, epath.Path]]:
+  """Every file below `directory`, as ('/'-separated relative name, path); epath has no rglob
+  for cloud paths."""
+  found = []
+  for path in directory.iterdir():
+    if path.is_dir():
+      found += _files(path, f"{prefix}{path.name}/")
+    else:
+      found.append((prefix + path.name, path))
+  return found
+
+
+def _checksums(step_dir: epath.Path) -> dict[str, str]:
+  """sha256 of every file in `step_dir` but the manifest itself, by relative name."""
+  return {name: _sha256(path) for name, path in _files(step_dir)
+          if name not in (MANIFEST, _MANIFEST_TMP)}
+
+
+def _write_manifest(step_dir: epath.Path) -> None:
+  text = "".join(f"{digest}  {name}\n" for name, digest in sorted(_checksums(step_dir).items()))
+  tmp = step_dir / _MANIFEST_TMP
+  tmp.write_text(text)
+  tmp.rename(step_dir / MANIFEST)  # atomic: a reader sees the whole manifest or none
+
+
+def _read_manifest(path: epath.Path) -> dict[str, str]:
+  """{file: sha256} from a `sha256sum`-format file; ValueError if a line is malformed."""
+  sums = {}
+  for number, line in enumerate(path.read_text().splitlines(), 1):
+    match = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line)
+    if not match:
+      raise ValueError(f"line {number} is not '<sha256>  <file>'")
+    sums[match.group(2)] = match.group(1)
+  return sums
+
+
 class Checkpointer:
   """Saves and restores (state, metadata) checkpoints in one workdir.
 
   Wraps `orbax.checkpoint.CheckpointManager` with two items per step: `state` (a pytree of
   numpy/jax arrays and scalars) and `metadata` (a JSON dict). Saves are asynchronous: `save`
-  returns once device arrays are copied to host; `wait()` blocks until the step is on disk.
+  returns once device arrays are copied to host; `wait()` blocks until the step is on disk
+  with its checksum manifest.
 
   Args:
     directory: the workdir holding step directories (created unless `read_only`).
@@ -343,6 +418,7 @@ class Checkpointer:
       raise CheckpointError(f"cannot open checkpoint directory {self._path}: "
                             f"{_short(err)}") from None
     self._closed = False
+    self._manifest_writer: Optional[threading.Thread] = None
 
   # -- bookkeeping ---------------------------------------------------------------------
 
@@ -398,7 +474,9 @@ class Checkpointer:
                self._path)
       return False
     state = jax.tree_util.tree_map(_snapshot_leaf, state)
-    return bool(self._manager.save(
+    # Orbax would wait for the previous save here anyway; its manifest takes a moment more.
+    self._join_manifest_writer()
+    started = bool(self._manager.save(
         step,
         args=ocp.args.Composite(**{
             STATE_ITEM: ocp.args.PyTreeSave(state),
@@ -406,11 +484,33 @@ class Checkpointer:
         }),
         force=force,
     ))
+    if started and jax.process_index() == 0:
+      self._manifest_writer = threading.Thread(
+          target=self._write_manifest_when_committed, args=(step,), daemon=True,
+          name=f"checkpoint-manifest-{step}")
+      self._manifest_writer.start()
+    return started
+
+  def _write_manifest_when_committed(self, step: int) -> None:
+    # In the background, so training goes on while orbax commits; every host has written
+    # its files once the save is committed, so this one thread sees them all.
+    try:
+      self._manager.wait_until_finished()
+      _write_manifest(self.step_dir(step))
+    except Exception as err:  # a failed save itself is raised by wait(); this only notes it
+      log.warning("no checksum manifest for checkpoint step %d in %s (%s); it will load "
+                  "unverified", step, self._path, _short(err))
+
+  def _join_manifest_writer(self) -> None:
+    if self._manifest_writer is not None:
+      self._manifest_writer.join()
+      self._manifest_writer = None
 
   def wait(self) -> None:
-    """Blocks until every started save is complete on disk (and old steps are pruned)."""
+    """Blocks until every started save is on disk with its manifest (old steps pruned)."""
     self._check_open()
     self._manager.wait_until_finished()
+    self._join_manifest_writer()
     self._manager.check_for_errors()
 
   # -- restoring -----------------------------------------------------------------------
@@ -432,12 +532,43 @@ class Checkpointer:
                             f"steps: {steps} (omit the step to use the latest)")
     return step
 
-  def _corrupt(self, step: int, what: str, err: Optional[BaseException] = None) -> CheckpointError:
-    detail = f" ({_short(err)})" if err is not None else ""
-    return CheckpointError(
-        f"checkpoint {self.step_dir(step)} is corrupt or incomplete: {what}{detail}. "
+  def _corrupt(self, step: int, what: str,
+               err: Optional[BaseException] = None) -> CorruptCheckpointError:
+    problem = what + (f" ({_short(err)})" if err is not None else "")
+    return CorruptCheckpointError(
+        f"checkpoint {self.step_dir(step)} is corrupt or incomplete: {problem}. "
         f"Delete that step directory to fall back to an earlier step of {self._path}, "
-        "or pass another --checkpoint")
+        "or pass another --checkpoint", step, problem)
+
+  def verify(self, step: int) -> bool:
+    """Checks `step`'s files against the manifest written after its save.
+
+    Returns False, with a one-line note, for a step without a manifest (saved before
+    checksums were written, or killed in the moment between commit and manifest).
+
+    Raises:
+      CorruptCheckpointError: a file differs from its checksum or is missing (names the
+        file and the step), or the manifest itself is unreadable.
+    """
+    self._check_open()
+    step_dir = self.step_dir(step)
+    manifest = step_dir / MANIFEST
+    if not manifest.exists():
+      log.warning("note: checkpoint %s has no %s (saved without checksums); loading it "
+                  "unverified", step_dir, MANIFEST)
+      return False
+    try:
+      expected = _read_manifest(manifest)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+      raise self._corrupt(step, f"its {MANIFEST} is unreadable", err) from None
+    for name, digest in sorted(expected.items()):
+      path = step_dir / name
+      if not path.is_file():
+        raise self._corrupt(step, f"file {name} listed in its {MANIFEST} is missing")
+      if _sha256(path) != digest:
+        raise self._corrupt(step, f"file {name} does not match the sha256 recorded in its "
+                                  f"{MANIFEST} when step {step} was saved")
+    return True
 
   def _read_metadata(self, step: int) -> dict:
     if not (self.step_dir(step) / METADATA_ITEM).exists():
@@ -484,11 +615,15 @@ class Checkpointer:
     Python scalars as themselves. Without `target`, the state comes back as nested
     dicts/lists (orbax's stored form; namedtuples become dicts) of numpy arrays.
 
+    The step's files are checked against its manifest first (see `verify`).
+
     Raises:
-      CheckpointError: no checkpoint, unknown step, a corrupt step, or a mismatching target.
+      CorruptCheckpointError: the step fails its checksums or cannot be read.
+      CheckpointError: no checkpoint, unknown step, or a mismatching target.
     """
     self._check_open()
     step = self._resolve_step(step)
+    self.verify(step)
     metadata = self._read_metadata(step)
     saved_tree = self._read_tree_metadata(step)
     if target is not None:
@@ -512,9 +647,58 @@ class Checkpointer:
     return state, metadata
 
   def restore_metadata(self, step: Optional[int] = None) -> dict:
-    """The JSON metadata of `step` (default: latest), without loading any arrays."""
+    """The JSON metadata of `step` (default: latest), without loading any arrays (unverified)."""
     self._check_open()
     return self._read_metadata(self._resolve_step(step))
+
+  def restore_newest_valid(self, target: Any | None = None,
+                           report: Callable[[str], None] = log.warning) -> tuple[Any, dict]:
+    """Like `restore()` of the latest step, falling back past corrupt steps (for resuming).
+
+    Each newer step that is corrupt is moved to `<step>.corrupt` (kept for a look, no longer
+    listed, so later saves are not refused as older than it) and reported, once an older
+    step has restored. When no step restores, nothing is moved.
+
+    Raises:
+      CorruptCheckpointError: every step is corrupt (all are listed).
+      CheckpointError: no checkpoint at all, or the newest intact step does not fit `target`.
+    """
+    corrupt = []
+    for step in reversed(self.all_steps()):
+      try:
+        restored = self.restore(step, target=target)
+      except CorruptCheckpointError as err:
+        corrupt.append(err)
+        continue
+      for err in corrupt:
+        moved = self._move_aside(err.step)
+        report(f"checkpoint step {err.step} in {self._path} is corrupt ({err.problem}); "
+               f"moved it to {moved} and resumed from step {step} instead")
+      return restored
+    if not corrupt:
+      raise CheckpointError(_no_checkpoint_message(self._path))
+    listed = "; ".join(f"step {err.step}: {err.problem}" for err in corrupt)
+    raise CorruptCheckpointError(
+        f"no intact checkpoint in {self._path}, every step is corrupt ({listed}). Nothing "
+        "was moved or deleted: restore the directory from a backup, or move its steps "
+        "away to start over", corrupt[0].step, listed)
+
+  def _move_aside(self, step: int) -> epath.Path:
+    """Renames a corrupt step out of orbax's listing; returns where it went."""
+    if self._read_only:
+      raise CheckpointError(f"{self._path} was opened read-only; cannot move the corrupt "
+                            f"step {step} aside")
+    base = self.step_dir(step)
+    dest, n = base.parent / f"{base.name}{CORRUPT_SUFFIX}", 1
+    while dest.exists():
+      dest, n = base.parent / f"{base.name}{CORRUPT_SUFFIX}.{n}", n + 1
+    # Every host has picked the same name before host 0 renames, and sees the rename after.
+    ocp.multihost.sync_global_processes(f"hvae_jax_move_aside_named_{step}")
+    if jax.process_index() == 0:
+      base.rename(dest)
+    ocp.multihost.sync_global_processes(f"hvae_jax_move_aside_done_{step}")
+    self._manager.reload()
+    return dest
 
   # -- lifetime ------------------------------------------------------------------------
 
@@ -523,6 +707,7 @@ class Checkpointer:
     if self._closed:
       return
     self._closed = True
+    self._join_manifest_writer()
     self._manager.close()
 
   def __enter__(self) -> Checkpointer:
@@ -551,9 +736,13 @@ def load_checkpoint_dir(path: str, target: Any | None = None) -> tuple[Any, dict
   step directory (e.g. `.../checkpoints/2000`). Nothing is written. `target` is passed to
   `Checkpointer.restore` (None: nested dicts of numpy arrays).
 
+  The step's files are checked against its checksum manifest (see `Checkpointer.verify`).
+
   Raises:
+    CorruptCheckpointError: the step fails its checksums (naming the file and the step) or
+      cannot be read.
     CheckpointError: the path is missing, not a directory, an unfinished save, holds no
-      checkpoint, or the checkpoint is corrupt / does not match `target`.
+      checkpoint, or the checkpoint does not match `target`.
   """
   p = _as_path(path)
   if not p.exists():

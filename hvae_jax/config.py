@@ -132,6 +132,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key in _NON_NEGATIVE:
     if _get(c, key) < 0:
       raise ValueError(f"config.{key} must be >= 0, got {_get(c, key)!r}.")
+  _check_likelihood_fits_data(c)
   if not 0.0 <= c.data.perturb_rate <= 1.0:
     raise ValueError(f"config.data.perturb_rate is a probability in [0, 1], got "
                      f"{c.data.perturb_rate!r}.")
@@ -206,14 +207,59 @@ def _config_from_file(spec: str) -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg is not None else module.get_config()
 
 
-def parse_flags_or_exit(argv: list[str]) -> list[str]:
-  """absl flag parsing that turns a bad override (e.g. --config.model.typo=1) into one line.
+# What each kind of data set (hvae_jax.data.DatasetSpec.kind) is fed to the model as, and the
+# likelihood that models it.
+_LIKELIHOOD_OF_KIND = {"binary": ("bernoulli", "binarized 0/1 pixels"),
+                       "discrete": ("dmol", "uint8 colour values 0..255")}
 
-  Pass as `app.run(main, flags_parser=parse_flags_or_exit)`.
+
+def _check_likelihood_fits_data(c: ml_collections.ConfigDict) -> None:
+  # The data registry is a module above this one; only its table of data sets is read here.
+  from hvae_jax import data  # pylint: disable=import-outside-toplevel
+  if c.data.name not in data.DATASETS:
+    raise ValueError(f"config.data.name = {c.data.name!r} is not a known data set; choose one "
+                     f"of {sorted(data.DATASETS)}.")
+  wanted, what = _LIKELIHOOD_OF_KIND[data.DATASETS[c.data.name].kind]
+  if c.model.likelihood != wanted:
+    raise ValueError(f"config.model.likelihood = {c.model.likelihood!r} does not fit "
+                     f"{c.data.name}, which the model sees as {what}; use "
+                     f"config.model.likelihood = {wanted!r}.")
+
+
+def _flag_error(err: BaseException, argv: list[str]) -> str:
+  """One line for a flag-parsing error, naming the flag where it can be told."""
+  lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+  if not lines:
+    return type(err).__name__
+  if lines[0].startswith("flag --"):  # absl: 'flag --name=value: problem' (+ a traceback)
+    head = lines[0][len("flag "):]
+    return head if len(lines) == 1 else f"{head.split(': ', 1)[0]}: {lines[-1]}"
+  if isinstance(err, (KeyError, AttributeError)):  # an override of a key the config lacks
+    key = lines[0].strip("'\" ")
+    given = [a for a in argv if a.startswith("--") and f".{key}" in a.split("=", 1)[0]]
+    return f"{given[0] if given else key}: no such config key {key!r}"
+  return lines[-1]
+
+
+def parse_flags_or_exit(argv: list[str]) -> list[str]:
+  """absl flag parsing that turns a bad flag, config file or override into one `error:` line.
+
+  Pass as `app.run(main, flags_parser=parse_flags_or_exit)`; with --verbose in argv the
+  original exception is raised instead.
   """
   from absl import flags  # pylint: disable=import-outside-toplevel
+  name = None
   try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
-    raise SystemExit(f"error: bad command-line flag: {e}. Config keys and their defaults are in "
-                     f"hvae_jax/config.py; see --helpfull for the flags.") from None
+    rest = flags.FLAGS(argv)
+    # A config file that fails to load raises only when first read: read each flag now.
+    for name in flags.FLAGS:
+      getattr(getattr(flags.FLAGS, name), "keys", None)
+    return rest
+  except Exception as e:  # noqa: BLE001 -- a config file is user code: any error is the user's
+    if "--verbose" in argv:
+      raise
+    line = _flag_error(e, argv)
+    if isinstance(e, OSError) and name is not None:
+      line = f"--{name}: {line}"
+    raise SystemExit(f"error: bad command-line flag: {line}. Config keys and their defaults "
+                     "are in hvae_jax/config.py; see --helpfull for the flags.") from None

@@ -7,9 +7,12 @@ CPU, several GPUs, a TPU slice, and several hosts (after `jax.distributed.initia
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -51,8 +54,9 @@ def init_state(model, config: ml_collections.ConfigDict, x_init: Array) -> Train
   `x_init` `[batch, H, W, C]` is model input (binarized or uint8) for the data-dependent
   initialisation of the weight-normed layers; the same seed and batch give the same params.
   """
-  key = jax.random.key(config.seed)
-  params = jax.jit(model.init)(key, x_init, key)["params"]
+  # One key for the parameters, another for the latent samples the init pass draws.
+  k_params, k_sample = jax.random.split(jax.random.key(config.seed))
+  params = jax.jit(model.init)(k_params, x_init, k_sample)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=make_optimizer(config).init(params))
 
@@ -161,7 +165,7 @@ class MetricWriter:
 
 def _scalars(metrics: dict) -> dict[str, float]:
   out = {}
-  for k, v in metrics.items():
+  for k, v in jax.device_get(metrics).items():  # one transfer for all of them
     v = np.asarray(v)
     if v.ndim == 0:
       out[k] = float(v)
@@ -182,16 +186,131 @@ def checkpoint_metadata(config: ml_collections.ConfigDict, image_shape, kind: st
 
 
 def load_dataset(config: ml_collections.ConfigDict, split: str, name: Optional[str] = None) -> np.ndarray:
-  return data.load_images(name or config.data.name, split, config.data.data_dir or None,
-                          config.data.source)
+  try:
+    return data.load_images(name or config.data.name, split, config.data.data_dir or None,
+                            config.data.source)
+  except RuntimeError as e:  # tfds could not get the data (offline, ...): the message says why
+    raise TrainingError(str(e)) from e
+
+
+@jax.jit
+def _tally_nonfinite(tally: Array, finite: Array, step: Array) -> Array:
+  """`tally` = [non-finite steps, the first of them or -1], updated on the device."""
+  bad = jnp.logical_not(finite)
+  return jnp.stack([tally[0] + bad.astype(jnp.int32),
+                    jnp.where(bad & (tally[1] < 0), step, tally[1])])
+
+
+class _NonFiniteSteps:
+  """Counts steps with a non-finite loss or gradient without a host sync per step.
+
+  `check` reads the count where the loop syncs anyway (logging, evaluation, saving), so with
+  nan_policy='stop' training stops up to log_every_steps late, but never logs, evaluates or
+  saves on top of a non-finite step it has not looked at; the skipped updates were not applied.
+  """
+
+  def __init__(self, policy: str, workdir: str):
+    self._policy, self._workdir = policy, workdir
+    self._reset()
+
+  def _reset(self) -> None:
+    self._tally = jnp.array([0, -1], jnp.int32)
+
+  def add(self, finite: Array, step: int) -> None:
+    self._tally = _tally_nonfinite(self._tally, finite, step)
+
+  def check(self, done: int, last_saved: Optional[int]) -> None:
+    """Raises TrainingError ('stop') or reports and resets ('skip') if any step went bad."""
+    # The tally is replicated: this host's copy is the whole of it (also with several hosts).
+    count, first = (int(v) for v in np.asarray(self._tally.addressable_data(0)))
+    if count == 0:
+      return
+    more = f" ({count} such steps by step {done - 1})" if count > 1 else ""
+    what = f"non-finite loss or gradient at step {first}{more}"
+    if self._policy == "stop":
+      saved = (f"the last good checkpoint in {self._workdir} is step {last_saved}"
+               if last_saved is not None else f"no checkpoint was saved in {self._workdir}")
+      raise TrainingError(f"Stopped: {what}. No non-finite update was applied; {saved}. Lower "
+                          "train.learning_rate, set train.grad_clip, or use "
+                          "train.nan_policy='skip'.")
+    print(f"Skipped the update: {what}.")
+    self._reset()
+
+
+class _StopOnInterrupt:
+  """Turns the first Ctrl-C into a request the loop handles between steps (save, then stop).
+
+  The train step donates its input state, so a KeyboardInterrupt raised between the step's
+  return and the assignment of its result would leave no valid state to save; a flag set by
+  the signal handler cannot. A second Ctrl-C raises KeyboardInterrupt at once (no save). Only
+  the main thread receives signals, and an ignored SIGINT (e.g. a job started with `&` from a
+  script) stays ignored; there this does nothing.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def _handle(self, signum, frame):
+    del frame
+    self.requested = True
+    signal.signal(signum, self._previous)  # no printing here: it may interrupt a print
+
+  def __enter__(self) -> _StopOnInterrupt:
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.SIG_IGN:
+      self._previous = previous or signal.default_int_handler
+      signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+
+
+def initial_state(ckpt: checkpoints.Checkpointer, model, config: ml_collections.ConfigDict,
+                  x_init: np.ndarray, sharding: NamedSharding) -> TrainState:
+  """The newest intact checkpoint in `ckpt`, restored straight into `sharding`, or a fresh init.
+
+  On resume only the shapes of the state are built (`jax.eval_shape`): the data-dependent init
+  (minutes for BIVA) would be overwritten anyway. Newer corrupt steps are reported and moved
+  aside (`Checkpointer.restore_newest_valid`).
+  """
+  if ckpt.latest_step() is None:
+    return jax.device_put(init_state(model, config, x_init), sharding)
+  shapes = jax.eval_shape(functools.partial(init_state, model, config),
+                          jax.ShapeDtypeStruct(x_init.shape, x_init.dtype))
+  target = jax.tree_util.tree_map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+  state, _ = ckpt.restore_newest_valid(target, report=lambda msg: print(f"warning: {msg}"))
+  print(f"Resumed from step {int(state.step)} in {ckpt.directory}")
+  return state
+
+
+def _make_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"cannot create the workdir {workdir}: {e.strerror or e}; pass a new or "
+                     "existing directory.") from None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one."""
+  """Trains `config` in `workdir`, resuming from its newest intact checkpoint if there is one.
+
+  Ctrl-C saves the last completed step and stops (KeyboardInterrupt); a second one quits
+  without saving.
+  """
   config_lib.validate(config)
-  enable_compilation_cache(config.compilation_cache_dir)
-  os.makedirs(workdir, exist_ok=True)
   t = config.train
+  n_dev = jax.device_count()
+  if t.batch_size % n_dev:
+    raise ValueError(f"train.batch_size={t.batch_size} must be divisible by the {n_dev} devices; "
+                     f"use a multiple of {n_dev}.")
+  _make_workdir(workdir)
+  enable_compilation_cache(config.compilation_cache_dir)
   spec = data.DATASETS[config.data.name]
   kind = spec.kind
   train_images = load_dataset(config, config.data.train_split)
@@ -201,10 +320,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     test_images = test_images[:t.eval_examples]
   test_x = eval_images(test_images, kind, config.data.eval_binarize_seed)
 
-  n_dev = jax.device_count()
-  if t.batch_size % n_dev:
-    raise ValueError(f"train.batch_size={t.batch_size} must be divisible by the {n_dev} devices; "
-                     f"use a multiple of {n_dev}.")
   batches = data.Batches(train_images, t.batch_size, shuffle=True, seed=config.seed)
   steps_per_epoch = batches.num_batches
   total_steps = t.max_steps if t.max_steps > 0 else int(t.epochs * steps_per_epoch)
@@ -212,74 +327,77 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   model = build_model(config, image_shape)
   init_images = train_images[np.random.default_rng(config.seed).permutation(len(train_images))[:256]]
-  state = init_state(model, config, eval_images(init_images, kind, config.seed))
-  metadata = checkpoint_metadata(config, image_shape, kind)
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
-  if ckpt.latest_step() is not None:
-    state, _ = ckpt.restore(target=state)
-    print(f"Resumed from step {int(state.step)} in {workdir}")
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    json.dump(metadata, f, indent=1)
-
   mesh = data.make_data_mesh()
-  state = jax.device_put(state, NamedSharding(mesh, P()))
+  metadata = checkpoint_metadata(config, image_shape, kind)
   train_step = make_data_parallel(make_train_step(model, config, steps_per_epoch, kind), mesh)
   eval_fn = make_eval_fn(model)
   sample_fn = jax.jit(functools.partial(model.apply, method=model.sample), static_argnums=2)
   root_key = jax.random.key(config.seed + 1)
   eval_key = jax.random.key(config.seed + 2)
-  writer = MetricWriter(workdir)
-
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  start = int(state.step)
-  bar = tqdm(total=total_steps, initial=start, desc="train", unit="step",
-             disable=jax.process_index() != 0, dynamic_ncols=True)
-  last_good = start
-  t0, seen = time.time(), 0
-  try:
-    for step, batch in batches.iterate(start):
-      if step >= total_steps:
-        break
-      batch = data.shard_to_mesh(batch, mesh)
-      state, metrics = train_step(state, batch, root_key)
-      seen += t.batch_size
-      done = step + 1
-      if not bool(metrics["finite"]):
-        msg = (f"non-finite loss or gradient at step {step} (loss={float(metrics['loss'])}, "
-               f"grad_norm={float(metrics['grad_norm'])}).")
-        if t.nan_policy == "stop":
-          raise TrainingError(f"Stopped: {msg} The update was not applied; the last good "
-                              f"checkpoint in {workdir} is step {last_good}. Lower "
-                              f"train.learning_rate, set train.grad_clip, or use "
-                              f"train.nan_policy='skip'.")
-        print(f"Skipped the update: {msg}")
-      if done % t.log_every_steps == 0 or done == total_steps:
-        s = _scalars(metrics)
-        s["examples_per_s"] = seen / max(time.time() - t0, 1e-9)
-        t0, seen = time.time(), 0
-        writer.write(done, "train", s)
-        bar.set_postfix(loss=f"{s['loss']:.1f}", bpd=f"{s['bpd']:.3f}",
-                        kl="/".join(f"{s[k]:.1f}" for k in sorted(s) if k.startswith("kl_")),
-                        ex_s=f"{s['examples_per_s']:.0f}")
-      bar.update(1)
-      if done % eval_every == 0 or done == total_steps:
-        bpd = evaluate_bpd(eval_fn, state.params, test_x, config.eval.batch_size, eval_key)
-        writer.write(done, "test", {"bpd": bpd, "epoch": done / steps_per_epoch})
-        bar.write(f"step {done} (epoch {done / steps_per_epoch:.2f}): test bits/dim {bpd:.4f}")
-        if t.sample_grid > 0 and jax.process_index() == 0:
-          imgs = np.asarray(sample_fn({"params": state.params}, jax.random.fold_in(eval_key, done),
-                                      t.sample_grid))
-          plots.image_grid(imgs, os.path.join(workdir, "samples", f"step_{done:08d}.png"))
-      if done % t.checkpoint_every_steps == 0 or done == total_steps:
-        ckpt.save(done, state, metadata)
-        last_good = done
-  except KeyboardInterrupt:
-    ckpt.save(int(state.step), state, metadata, force=True)
-    print(f"Interrupted: saved step {int(state.step)} in {workdir}; rerun the same command to resume.")
-    raise
-  finally:
-    bar.close()
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
+
+  with contextlib.ExitStack() as cleanup:  # unwinds last to first: bar, writer, wait, close
+    ckpt = cleanup.enter_context(checkpoints.Checkpointer(
+        os.path.join(workdir, checkpoints.CHECKPOINT_SUBDIR), t.keep_checkpoints))
+    cleanup.callback(ckpt.wait)  # every started save is on disk, or its error raised
+    state = initial_state(ckpt, model, config, eval_images(init_images, kind, config.seed),
+                          NamedSharding(mesh, P()))
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      json.dump(metadata, f, indent=1)
+    writer = MetricWriter(workdir)
+    cleanup.callback(writer.close)
+    start = int(state.step)
+    bar = tqdm(total=total_steps, initial=start, desc="train", unit="step",
+               disable=jax.process_index() != 0, dynamic_ncols=True)
+    cleanup.callback(bar.close)
+    last_saved = ckpt.latest_step()
+    nonfinite = _NonFiniteSteps(t.nan_policy, workdir)
+    t0, seen = time.time(), 0
+    saved_on_interrupt = False
+    try:
+      with _StopOnInterrupt() as interrupt:
+        for step, batch in batches.iterate(start):
+          if step >= total_steps:
+            break
+          state, metrics = train_step(state, data.shard_to_mesh(batch, mesh), root_key)
+          nonfinite.add(metrics["finite"], step)
+          seen += t.batch_size
+          done = step + 1
+          log_now = done % t.log_every_steps == 0 or done == total_steps
+          eval_now = done % eval_every == 0 or done == total_steps
+          save_now = done % t.checkpoint_every_steps == 0 or done == total_steps
+          if log_now or eval_now or save_now or interrupt.requested:
+            nonfinite.check(done, last_saved)
+          if log_now:
+            s = _scalars(metrics)
+            s["examples_per_s"] = seen / max(time.time() - t0, 1e-9)
+            t0, seen = time.time(), 0
+            writer.write(done, "train", s)
+            bar.set_postfix(loss=f"{s['loss']:.1f}", bpd=f"{s['bpd']:.3f}",
+                            kl="/".join(f"{s[k]:.1f}" for k in sorted(s) if k.startswith("kl_")),
+                            ex_s=f"{s['examples_per_s']:.0f}")
+          bar.update(1)
+          if interrupt.requested:
+            ckpt.save(done, state, metadata, force=True)
+            saved_on_interrupt = True
+            bar.write(f"Interrupted: saved step {done} in {workdir}; rerun the same command "
+                      "to resume.")
+            raise KeyboardInterrupt
+          if eval_now:
+            bpd = evaluate_bpd(eval_fn, state.params, test_x, config.eval.batch_size, eval_key)
+            writer.write(done, "test", {"bpd": bpd, "epoch": done / steps_per_epoch})
+            bar.write(f"step {done} (epoch {done / steps_per_epoch:.2f}): test bits/dim {bpd:.4f}")
+            if t.sample_grid > 0 and jax.process_index() == 0:
+              imgs = np.asarray(sample_fn({"params": state.params},
+                                          jax.random.fold_in(eval_key, done), t.sample_grid))
+              plots.image_grid(imgs, os.path.join(workdir, "samples", f"step_{done:08d}.png"))
+          if save_now:
+            ckpt.save(done, state, metadata)
+            last_saved = done
+    except KeyboardInterrupt:
+      if not saved_on_interrupt:
+        saved = f"step {last_saved}" if last_saved is not None else "none"
+        bar.write(f"Interrupted: quit without saving; the last checkpoint in {workdir} is "
+                  f"{saved}.")
+      raise
   return state

@@ -1,7 +1,9 @@
-"""Tests for hvae_jax.checkpoints: roundtrips, retention, and every clear-error path."""
+"""Tests for hvae_jax.checkpoints: roundtrips, retention, checksums, and every clear-error path."""
 from __future__ import annotations
 
 import gc
+import hashlib
+import logging
 import os
 import shutil
 
@@ -13,8 +15,10 @@ import numpy as np
 import optax
 import pytest
 
-from hvae_jax.checkpoints import (CheckpointError, Checkpointer, TMP_SUFFIX,
-                                  load_checkpoint_dir, match_params)
+from hvae_jax.checkpoints import (MANIFEST, CheckpointError, Checkpointer, CorruptCheckpointError,
+                                  TMP_SUFFIX, load_checkpoint_dir, match_params)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _params(seed: int, kernel=(5, 5, 8, 16)) -> dict:
@@ -71,6 +75,14 @@ def _largest_array_file(step_dir) -> str:
   largest = max(files, key=os.path.getsize)
   assert os.path.getsize(largest) > 5_000  # the 5x5x8x16 float32 kernel, not an index node
   return largest
+
+
+def _flip_byte(path) -> None:
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0x01]))
 
 
 def test_roundtrip_into_fresh_state_keeps_values_and_types(tmp_path):
@@ -200,9 +212,12 @@ def test_no_checkpoint_is_a_clear_error(tmp_path, how):
 # closed asyncio loop ("Event loop is closed"): harmless noise from orbax, not our error.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("corruption", ["truncate", "garbage", "no_metadata", "no_structure"])
-def test_corrupt_step_is_a_clear_error(tmp_path, corruption):
+@pytest.mark.parametrize("manifest", [True, False], ids=["manifest", "no_manifest"])
+def test_corrupt_step_is_a_clear_error(tmp_path, corruption, manifest):
   _save(tmp_path, [4])
   step_dir = tmp_path / "4"
+  if not manifest:  # orbax's own reads must still fail clearly, e.g. on older checkpoints
+    os.remove(step_dir / MANIFEST)
   if corruption == "truncate":
     data = _largest_array_file(step_dir)
     with open(data, "r+b") as f:
@@ -326,3 +341,81 @@ def test_match_params_arranges_raw_params_and_reports_mismatch(tmp_path):
   assert ("params/stage_0/conv1/kernel: checkpoint (5,5,8,16) vs model (3,3,8,16)"
           in str(info.value))
   assert "config=" in str(info.value)
+
+
+def test_manifest_lists_every_file_in_sha256sum_format(tmp_path):
+  _save(tmp_path, [6])
+  step_dir = tmp_path / "6"
+  lines = (step_dir / MANIFEST).read_text().splitlines()
+  listed = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in lines}
+  on_disk = {os.path.relpath(os.path.join(root, name), step_dir).replace(os.sep, "/")
+             for root, _, names in os.walk(step_dir) for name in names} - {MANIFEST}
+  assert set(listed) == on_disk and "state/_METADATA" in listed
+  for name, digest in listed.items():
+    with open(step_dir / name, "rb") as f:
+      assert hashlib.sha256(f.read()).hexdigest() == digest, name
+  with Checkpointer(str(tmp_path), read_only=True) as ckpt:
+    assert ckpt.verify(6)
+
+
+def test_flipped_byte_is_caught_naming_the_file_and_step(tmp_path):
+  saved = _trained_state()
+  _save(tmp_path, [3], saved)
+  data = _largest_array_file(tmp_path / "3")
+  _flip_byte(data)
+  name = os.path.relpath(data, tmp_path / "3").replace(os.sep, "/")
+  for target in (None, _state(0)):
+    with pytest.raises(CorruptCheckpointError, match=rf"file {name} does not match the sha256 "
+                       rf"recorded in its {MANIFEST} when step 3 was saved") as info:
+      load_checkpoint_dir(str(tmp_path), target=target)
+    assert info.value.step == 3
+  # What the manifest guards against: orbax alone loads the flipped byte without a word.
+  os.remove(tmp_path / "3" / MANIFEST)
+  raw, _ = load_checkpoint_dir(str(tmp_path))
+  assert not np.array_equal(raw["params"]["stage_0"]["conv1"]["kernel"],
+                            saved["params"]["stage_0"]["conv1"]["kernel"])
+
+
+def test_step_without_manifest_loads_with_a_note(tmp_path, caplog):
+  saved = _trained_state()
+  _save(tmp_path, [2], saved)
+  os.remove(tmp_path / "2" / MANIFEST)
+  with caplog.at_level(logging.WARNING, logger="hvae_jax.checkpoints"):
+    raw, _ = load_checkpoint_dir(str(tmp_path))
+  np.testing.assert_array_equal(raw["rng"], saved["rng"])
+  notes = [r.getMessage() for r in caplog.records if MANIFEST in r.getMessage()]
+  assert len(notes) == 1 and "unverified" in notes[0] and "\n" not in notes[0]
+  # The shipped checkpoint predates manifests (its folder has a SHA256SUMS of its own).
+  state, metadata = load_checkpoint_dir(os.path.join(REPO, "pretrained", "fmnist_hvae_small"))
+  assert "params" in state and "config" in metadata
+
+
+def test_resume_falls_back_past_corrupt_steps_and_moves_them_aside(tmp_path):
+  state = _trained_state()
+  _save(tmp_path, [1, 2, 3], state)
+  _flip_byte(_largest_array_file(tmp_path / "3"))
+  os.remove(tmp_path / "2" / "metadata" / "metadata")
+  reports = []
+  with Checkpointer(str(tmp_path)) as ckpt:
+    _, metadata = ckpt.restore_newest_valid(target=_state(0), report=reports.append)
+    assert metadata["step"] == 1 and ckpt.all_steps() == [1]
+    assert ckpt.save(2, state, _metadata(step=2))  # not refused as older than the bad step 3
+    ckpt.wait()
+  assert sorted(os.listdir(tmp_path)) == ["1", "2", "2.corrupt", "3.corrupt"]
+  assert len(reports) == 2 and all("resumed from step 1" in r for r in reports)
+  assert "checkpoint step 3" in reports[0] and "state/" in reports[0]
+  assert f"moved it to {tmp_path / '2.corrupt'}" in reports[1]
+
+
+def test_resume_with_every_step_corrupt_is_an_error_and_moves_nothing(tmp_path):
+  _save(tmp_path, [1, 2])
+  for step in ("1", "2"):
+    _flip_byte(_largest_array_file(tmp_path / step))
+  with Checkpointer(str(tmp_path)) as ckpt:
+    with pytest.raises(CorruptCheckpointError, match=r"no intact checkpoint in .*step 2: file "
+                       r"state/.*step 1: file state/.*Nothing was moved or deleted"):
+      ckpt.restore_newest_valid(target=_state(0))
+  assert sorted(os.listdir(tmp_path)) == ["1", "2"]
+  with Checkpointer(str(tmp_path / "empty")) as ckpt:
+    with pytest.raises(CheckpointError, match="no checkpoint found"):
+      ckpt.restore_newest_valid()

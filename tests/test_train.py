@@ -1,10 +1,15 @@
-"""Training: loss goes down, data-parallel step equals single-device, kill/resume, NaN guard."""
+"""Training: loss goes down, data-parallel step equals single-device, kill/resume, NaN guard,
+Ctrl-C, no host sync per step."""
 import json
 import os
+import re
+import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax._src import array as jax_array
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hvae_jax import checkpoints, data, train_lib
@@ -68,13 +73,30 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
   _leaves_close(full.params, resumed.params, rtol=1e-5, atol=1e-6)
 
 
+def _quick_config(**overrides):
+  """tiny_config without samples and with logging, evaluation and saving only at the end."""
+  config = tiny_config(train__sample_grid=0, train__log_every_steps=1000,
+                       train__eval_every_epochs=100.0, train__checkpoint_every_steps=1000)
+  for key, value in overrides.items():
+    config.train[key] = value
+  return config
+
+
+def _saved_steps(workdir):
+  with checkpoints.Checkpointer(str(workdir / "checkpoints"), read_only=True) as ckpt:
+    return ckpt.all_steps()
+
+
 def test_nan_loss_stops_with_clear_message_and_keeps_good_checkpoint(tmp_path):
-  config = tiny_config()
-  config.train.max_steps = 30
-  config.train.checkpoint_every_steps = 10
-  config.train.learning_rate = 1e30  # diverges within a few steps
-  with pytest.raises(train_lib.TrainingError, match=r"non-finite loss or gradient at step \d+"):
+  # Checked only where the loop syncs anyway: here the saves every 2 steps, as logging is rare.
+  config = _quick_config(max_steps=30, checkpoint_every_steps=2,
+                         learning_rate=1e30)  # diverges within a few steps
+  with pytest.raises(train_lib.TrainingError,
+                     match=r"non-finite loss or gradient at step \d+") as info:
     train_lib.train_and_evaluate(config, str(tmp_path))
+  first_bad = int(re.search(r"at step (\d+)", str(info.value)).group(1))
+  # No checkpoint holds a step taken after the first non-finite one.
+  assert all(step <= first_bad for step in _saved_steps(tmp_path)), (first_bad, str(info.value))
 
 
 def test_nan_policy_skip_keeps_training(tmp_path):
@@ -112,3 +134,111 @@ def test_batch_not_divisible_by_devices(tmp_path):
   config = tiny_config(train__batch_size=33)
   with pytest.raises(ValueError, match="divisible"):
     train_lib.train_and_evaluate(config, str(tmp_path))
+
+
+def test_init_uses_separate_keys_for_params_and_sampling():
+  class KeySpy:  # stands in for the model: its "params" are the keys it was given
+    def init(self, k_params, x, k_sample):
+      del x
+      return {"params": {"k_params": jax.random.key_data(k_params).astype(jnp.float32),
+                         "k_sample": jax.random.key_data(k_sample).astype(jnp.float32)}}
+
+  x = np.zeros((2, 28, 28, 1), np.float32)
+  a, b = (train_lib.init_state(KeySpy(), tiny_config(), x).params for _ in range(2))
+  assert not np.array_equal(a["k_params"], a["k_sample"])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)  # same seed, same keys
+
+
+def test_resume_skips_the_init_and_falls_back_past_a_corrupt_step(tmp_path, monkeypatch, capsys):
+  config = _quick_config(max_steps=6, checkpoint_every_steps=3)
+  full = train_lib.train_and_evaluate(config, str(tmp_path))
+  ran_init = []
+  real_init = train_lib.init_state
+
+  def spy(model, c, x_init):
+    ran_init.append(isinstance(x_init, np.ndarray))  # a tracer when only shapes are built
+    return real_init(model, c, x_init)
+
+  monkeypatch.setattr(train_lib, "init_state", spy)
+  resumed = train_lib.train_and_evaluate(config, str(tmp_path))  # at max_steps: restore only
+  assert ran_init == [False]  # only traced for the shapes, never run on data
+  jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.params, full.params)
+
+  ckpt_dir = tmp_path / "checkpoints"
+  data_files = [os.path.join(root, name) for root, _, names in os.walk(ckpt_dir / "6" / "state")
+                for name in names if os.path.basename(root) == "d"]
+  with open(max(data_files, key=os.path.getsize), "r+b") as f:
+    f.seek(100)
+    byte = f.read(1)
+    f.seek(100)
+    f.write(bytes([byte[0] ^ 0x01]))
+  capsys.readouterr()
+  again = train_lib.train_and_evaluate(config, str(tmp_path))
+  out = capsys.readouterr().out
+  assert "checkpoint step 6" in out and "resumed from step 3" in out and "6.corrupt" in out
+  assert sorted(p for p in os.listdir(ckpt_dir) if p[0].isdigit()) == ["3", "6", "6.corrupt"]
+  assert int(again.step) == 6
+  _leaves_close(again.params, full.params, rtol=1e-5, atol=1e-6)
+
+
+def _wrap_step(monkeypatch, after_call):
+  """Makes the loop's train step call `after_call(index, result)` after each real step."""
+  real = train_lib.make_data_parallel
+  calls = []
+
+  def make(step_fn, mesh):
+    fn = real(step_fn, mesh)
+
+    def step(*args):
+      out = fn(*args)
+      after_call(len(calls), out)
+      calls.append(None)
+      return out
+    return step
+
+  monkeypatch.setattr(train_lib, "make_data_parallel", make)
+  return calls
+
+
+def test_no_host_sync_between_steps(tmp_path, monkeypatch):
+  # Every device -> host read (bool(), float(), np.asarray, device_get) goes through _value.
+  reads = [0]
+  value = jax_array.ArrayImpl._value
+
+  def counted(self):
+    reads[0] += 1
+    return value.fget(self)
+
+  monkeypatch.setattr(jax_array.ArrayImpl, "_value", property(counted))
+  reads_at_step = []
+  _wrap_step(monkeypatch, lambda i, out: reads_at_step.append(reads[0]))
+  config = _quick_config(max_steps=6)
+  state = train_lib.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 6 and len(reads_at_step) == 6
+  assert reads_at_step[-1] == reads_at_step[0], reads_at_step  # nothing read between steps
+
+
+def test_ctrl_c_right_after_a_step_saves_that_step(tmp_path, monkeypatch, capsys):
+  # The worst moment: the step has consumed (donated) the old state and returned the new one,
+  # which the loop has not stored yet.
+  results = {}
+
+  def interrupt(i, out):
+    if i == 2:
+      results["params"] = jax.device_get(out[0].params)
+      os.kill(os.getpid(), signal.SIGINT)
+
+  _wrap_step(monkeypatch, interrupt)
+  # As in a terminal (a shell script's background job would have SIGINT ignored).
+  outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      train_lib.train_and_evaluate(_quick_config(max_steps=20), str(tmp_path))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+  finally:
+    signal.signal(signal.SIGINT, outer)
+  assert "Interrupted: saved step 3" in capsys.readouterr().out
+  state, _ = checkpoints.load_checkpoint_dir(str(tmp_path))
+  assert int(state["step"]) == 3
+  jax.tree_util.tree_map(np.testing.assert_array_equal, state["params"],
+                         jax.tree_util.tree_map(np.asarray, results["params"]))
