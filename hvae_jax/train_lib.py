@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hvae_jax import checkpoints, config as config_lib, data, objectives, plots
+from hvae_jax import batching, checkpoints, config as config_lib, data, objectives, plots
 from hvae_jax.models import build_model
 
 Array = jax.Array
@@ -125,16 +125,11 @@ def eval_images(images: np.ndarray, kind: str, seed: int) -> np.ndarray:
 
 
 def evaluate_bpd(eval_fn, params, images: np.ndarray, batch_size: int, key: Array) -> float:
-  """Mean test bits/dim over `images` (model-ready), batched; the last batch is padded."""
-  total, n = 0.0, images.shape[0]
-  for i in range(0, n, batch_size):
-    x = images[i:i + batch_size]
-    m = x.shape[0]
-    if m < batch_size:  # one compiled shape: pad and ignore the padding
-      x = np.concatenate([x, np.repeat(x[-1:], batch_size - m, 0)])
-    elbo = np.asarray(eval_fn(params, x, jax.random.fold_in(key, i)))[:m]
-    total += float(elbo.sum())
-  return float(objectives.bits_per_dim(total / n, images.shape[1:]))
+  """Mean test bits/dim over `images` (model-ready), in device-parallel batches
+  (`batching.map_batches`)."""
+  elbo = batching.map_batches(eval_fn, params, images, batch_size, key)
+  return float(objectives.bits_per_dim(float(np.sum(elbo, dtype=np.float64)) / len(images),
+                                       images.shape[1:]))
 
 
 class MetricWriter:
@@ -238,36 +233,41 @@ class _NonFiniteSteps:
 
 
 class _StopOnInterrupt:
-  """Turns the first Ctrl-C into a request the loop handles between steps (save, then stop).
+  """Turns the first Ctrl-C (SIGINT) or SIGTERM into a request the loop handles between steps
+  (save, then stop).
 
-  The train step donates its input state, so a KeyboardInterrupt raised between the step's
-  return and the assignment of its result would leave no valid state to save; a flag set by
-  the signal handler cannot. A second Ctrl-C raises KeyboardInterrupt at once (no save). Only
-  the main thread receives signals, and an ignored SIGINT (e.g. a job started with `&` from a
-  script) stays ignored; there this does nothing.
+  SIGTERM is what schedulers and preemptible machines send before they kill a job (SLURM,
+  Kubernetes, spot/preemptible VMs), and what `kill` sends by default: the run saves the step
+  it finished and a rerun resumes from there. The train step donates its input state, so an
+  exception raised between the step's return and the assignment of its result would leave no
+  valid state to save; a flag set by the signal handler cannot. A second signal of the same
+  kind acts as usual at once (no save). Only the main thread receives signals, and an ignored
+  SIGINT (e.g. a job started with `&` from a script) stays ignored.
   """
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous: dict = {}
 
   def _handle(self, signum, frame):
     del frame
     self.requested = True
-    signal.signal(signum, self._previous)  # no printing here: it may interrupt a print
+    signal.signal(signum, self._previous[signum])  # no printing here: it may interrupt a print
 
   def __enter__(self) -> _StopOnInterrupt:
     if threading.current_thread() is not threading.main_thread():
       return self
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is not signal.SIG_IGN:
-      self._previous = previous or signal.default_int_handler
-      signal.signal(signal.SIGINT, self._handle)
+    for signum, default in ((signal.SIGINT, signal.default_int_handler),
+                            (signal.SIGTERM, signal.SIG_DFL)):
+      previous = signal.getsignal(signum)
+      if previous is not signal.SIG_IGN:
+        self._previous[signum] = previous if previous is not None else default
+        signal.signal(signum, self._handle)
     return self
 
   def __exit__(self, *exc_info: Any) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGINT, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def initial_state(ckpt: checkpoints.Checkpointer, model, config: ml_collections.ConfigDict,

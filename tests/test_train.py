@@ -218,23 +218,27 @@ def test_no_host_sync_between_steps(tmp_path, monkeypatch):
   assert reads_at_step[-1] == reads_at_step[0], reads_at_step  # nothing read between steps
 
 
-def test_ctrl_c_right_after_a_step_saves_that_step(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_right_after_a_step_saves_that_step(tmp_path, monkeypatch, capsys,
+                                                              signum):
   # The worst moment: the step has consumed (donated) the old state and returned the new one,
-  # which the loop has not stored yet.
+  # which the loop has not stored yet. SIGTERM is what schedulers send before a kill.
   results = {}
 
   def interrupt(i, out):
     if i == 2:
       results["params"] = jax.device_get(out[0].params)
-      os.kill(os.getpid(), signal.SIGINT)
+      os.kill(os.getpid(), signum)
 
   _wrap_step(monkeypatch, interrupt)
   # As in a terminal (a shell script's background job would have SIGINT ignored).
   outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+  outer_term = signal.getsignal(signal.SIGTERM)
   try:
     with pytest.raises(KeyboardInterrupt):
       train_lib.train_and_evaluate(_quick_config(max_steps=20), str(tmp_path))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is outer_term
   finally:
     signal.signal(signal.SIGINT, outer)
   assert "Interrupted: saved step 3" in capsys.readouterr().out
