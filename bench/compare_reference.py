@@ -158,6 +158,7 @@ def ours_main(a):
   model = build_model(c, spec.image_shape)
   rng = np.random.default_rng(0)
   res = dict(stage=a._stage, jax=jax.__version__, devices=[str(d) for d in jax.devices()],
+             device_kind=jax.devices()[0].device_kind,
              xla_flags=os.environ.get("XLA_FLAGS", ""), cpus=sorted(os.sched_getaffinity(0)),
              config=a.config, overrides=a.set, compile_s={}, flops={})
 
@@ -499,7 +500,8 @@ def parent_main(a):
     ours.setdefault("flops", {}).update(r["flops"])
     ours.setdefault("xla_temp_mb", {}).update(r.get("xla_temp_mb", {}))
     ours["n_params"] = r["n_params"]
-    ours.setdefault("info", dict(jax=r["jax"], devices=r["devices"], xla_flags=r["xla_flags"],
+    ours.setdefault("info", dict(jax=r["jax"], devices=r["devices"],
+                                 device_kind=r["device_kind"], xla_flags=r["xla_flags"],
                                  cpus=r["cpus"]))
     for k, v in r.items():
       if isinstance(v, dict) and "examples_per_s" in v:
@@ -508,10 +510,15 @@ def parent_main(a):
       ours[f"{stage}_rss_after_mb"] = r["rss_after_mb"]
 
   def ref_stage(stage):
-    if a.skip_ref:
+    if a.skip_ref or "reference_error" in settings:
       return
-    r = run_child([a.ref_python] + child_args(a, "ref", stage), ref_env, cpus,
-                  f"reference: {stage}", a.busy_probe_s)
+    try:
+      r = run_child([a.ref_python] + child_args(a, "ref", stage), ref_env, cpus,
+                    f"reference: {stage}", a.busy_probe_s)
+    except SystemExit as e:  # keep our side's figures; the report says what failed
+      settings["reference_error"] = str(e).splitlines()[0]
+      log(f"reference side stopped: {settings['reference_error']}")
+      return
     settings["busy_cores_before"][f"ref_{stage}"] = r["busy_cores_before"]
     ref_rss[stage] = r["max_rss_mb"]
     ref["n_params"] = r["n_params"]
