@@ -269,8 +269,8 @@ class Run:
       f.write(text)
 
   def child(self, name: str, cmd: list[str], limit: float, interrupt: bool = False) -> Optional[int]:
-    """Runs `cmd` for at most `limit` s, in its own process group; at the limit SIGINT
-    (`interrupt`: train_lib then saves its step) or SIGTERM, and SIGKILL after --grace_s."""
+    """Runs `cmd` for at most `limit` s, in its own process group: --grace_s before the
+    limit SIGINT (`interrupt`: train_lib then saves its step) or SIGTERM, at it SIGKILL."""
     rec = {"cmd": cmd, "limit_s": round(limit, 1), "started_at_s": round(time.time() - self.t0, 1)}
     self.fig["phases"][name] = rec
     if limit < self.a.min_phase_s:
@@ -283,7 +283,7 @@ class Run:
     t = time.time()
     proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, start_new_session=True)
     try:
-      rc = proc.wait(timeout=limit)
+      rc = proc.wait(timeout=max(limit - self.a.grace_s, limit / 2))
       rec["status"] = "ok" if rc == 0 else f"failed (exit {rc})"
     except subprocess.TimeoutExpired:
       os.killpg(proc.pid, signal.SIGINT if interrupt else signal.SIGTERM)
@@ -698,7 +698,8 @@ def main():
   r.add_argument("--score_compile_s", type=float, default=40.0)
   r.add_argument("--pack_reserve_s", type=float, default=20.0)
   r.add_argument("--min_phase_s", type=float, default=10.0, help="skip a phase with less")
-  r.add_argument("--grace_s", type=float, default=20.0, help="after SIGINT/SIGTERM, then SIGKILL")
+  r.add_argument("--grace_s", type=float, default=20.0,
+                 help="a phase's time between SIGINT/SIGTERM and SIGKILL, inside its limit")
   r.add_argument("--part_mib", type=float, default=gpu_carry.PART_BYTES / gpu_carry.MIB)
   r.add_argument("--tqdm_interval_s", type=float, default=10.0, help="progress bar updates")
 
