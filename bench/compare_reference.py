@@ -1,8 +1,10 @@
-"""Side-by-side CPU speed: hvae-jax against the authors' PyTorch reference (hvae-oodd).
+"""Side-by-side speed: hvae-jax against the authors' PyTorch reference (hvae-oodd), CPU or GPU.
 
   python bench/compare_reference.py --threads 2 --out compare.json
   python bench/compare_reference.py --quick            # smoke run, a few minutes
   python bench/compare_reference.py --skip_ref         # our side only
+  python bench/compare_reference.py --device gpu --threads 16 --busy_probe_s 0 --skip_iw
+  python bench/compare_reference.py --skip_ref --set model.dtype=bfloat16   # bf16 compute
 
 One invocation measures both implementations of the FashionMNIST HVAE on random binarized
 inputs, with the same batch sizes, the same number of CPU cores and the same warm-up/timed
@@ -32,6 +34,14 @@ this Python (jax); the reference side with the reference's own virtual environme
 the reference package from HVAE_OODD_DIR and the model builder and train-step timer of
 ../shared/bench/ref_torch_bench.py (which builds the model exactly as scripts/dvae_run.py and
 stubs oodd.datasets, which needs torchvision). No reference code lives in this repository.
+
+GPU. `--device gpu` runs our side on JAX's CUDA backend and the reference on `cuda` (the
+model moved there with `.to`, every batch made where ref_torch_bench.py makes it and moved
+after, the timers synchronising the device: the train step's `float(loss)` does, the
+evaluation calls `torch.cuda.synchronize()`), one process at a time as on CPU, so each side has
+the whole GPU. Eager PyTorch as the authors run it (dvae_run.py sets no cudnn.benchmark). Our
+side also records the FLOPs of every compiled call from XLA's cost analysis (`flops`), from
+which bench/gpu_run.py derives TFLOP/s and model-FLOP utilisation.
 
 Thread count. `--threads N` pins both sides' processes to the same N cores (sched_setaffinity,
 as `taskset` would) when N is below the cores available; the reference additionally gets
@@ -107,6 +117,18 @@ def llr_reps(s: int, a) -> tuple[int, int]:
   return (1, a.llr_iters) if s <= 10 else (0, 1)
 
 
+def xla_flops(stage) -> float | None:
+  """FLOPs of one call from XLA's cost analysis of a Lowered or Compiled stage (None if none)."""
+  try:
+    ca = stage.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(ca, (list, tuple)):  # older jax: one dict per device program
+    ca = ca[0] if ca else None
+  flops = (ca or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
 def emit(res: dict):
   print(RESULT_TAG + json.dumps(res), flush=True)
 
@@ -130,18 +152,22 @@ def ours_main(a):
   from hvae_jax.layers import count_params  # pylint: disable=import-outside-toplevel
   from hvae_jax.models import build_model  # pylint: disable=import-outside-toplevel
 
-  c = load_config(os.path.join(REPO, a.config) if not os.path.isabs(a.config) else a.config, [])
+  c = load_config(os.path.join(REPO, a.config) if not os.path.isabs(a.config) else a.config,
+                  a.set)
   spec = data.DATASETS[c.data.name]
   model = build_model(c, spec.image_shape)
   rng = np.random.default_rng(0)
   res = dict(stage=a._stage, jax=jax.__version__, devices=[str(d) for d in jax.devices()],
+             device_kind=jax.devices()[0].device_kind,
              xla_flags=os.environ.get("XLA_FLAGS", ""), cpus=sorted(os.sched_getaffinity(0)),
-             config=a.config, compile_s={})
+             config=a.config, overrides=a.set, compile_s={}, flops={})
 
   def compile_fn(name, jitted, *args):
     t0 = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
+    lowered = jitted.lower(*args)
+    compiled = lowered.compile()
     res["compile_s"][name] = time.perf_counter() - t0
+    res["flops"][name] = xla_flops(compiled) or xla_flops(lowered)
     try:  # XLA's own figure: the scratch buffer one call of this executable allocates
       res.setdefault("xla_temp_mb", {})[name] = compiled.memory_analysis().temp_size_in_bytes / 2**20
     except Exception:  # pylint: disable=broad-except
@@ -223,11 +249,17 @@ def ref_main(a):
   spec.loader.exec_module(rb)  # imports torch and oodd (from HVAE_OODD_DIR), stubs oodd.datasets
   torch, oodd = rb.torch, rb.oodd
   torch.set_num_threads(a.threads)
+  dev = torch.device("cuda" if a.device == "gpu" else "cpu")
   res = dict(stage=a._stage, machine=rb.machine_info(), cpus=sorted(os.sched_getaffinity(0)),
-             omp_num_threads=os.environ.get("OMP_NUM_THREADS"), hvae_oodd_dir=rb.REPO)
+             omp_num_threads=os.environ.get("OMP_NUM_THREADS"), hvae_oodd_dir=rb.REPO,
+             device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu")
   oodd.utils.set_seed(1)
   gen = torch.Generator().manual_seed(1)
   model, margs = rb.build_model("fmnist")
+  model.to(dev)
+  make_batch = rb.make_batch  # CPU generator, as on CPU; bench_train draws through rb.make_batch
+  rb.make_batch = lambda which, bs, g: make_batch(which, bs, g).to(dev)
+  sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
   res.update(n_params=rb.n_params(model), activation=margs.activation, n_latents=model.n_latents)
 
   if a._stage == "train":  # dvae_run.py's train() body, timed by ref_torch_bench.bench_train
@@ -258,7 +290,8 @@ def ref_main(a):
       return bounds + [bounds[0] - b for b in bounds[1:]]
 
   def measure(name, x, s, term_list, warmup, iters):
-    r = with_rate(time_calls(lambda: scores(x, s, term_list), warmup, iters), x.shape[0])
+    r = with_rate(time_calls(lambda: (scores(x, s, term_list), sync()), warmup, iters),
+                  x.shape[0])
     r["passes_per_call"] = s * len(term_list)
     res[name] = r
     log(f"[ref] {name} batch {x.shape[0]}: {r['examples_per_s']:.2f} ex/s "
@@ -284,7 +317,9 @@ def busy_cores(seconds: float = 3.0) -> float:
   """Cores' worth of CPU time other work used over the last `seconds` (from /proc/stat).
 
   Unlike the 1-minute load average, this is not inflated by the previous child, which this
-  script itself has just run."""
+  script itself has just run. NaN when `seconds` <= 0 (not probed)."""
+  if seconds <= 0:
+    return float("nan")
   def snap():
     with open("/proc/stat", encoding="ascii") as f:
       v = [int(t) for t in f.readline().split()[1:]]
@@ -301,16 +336,16 @@ def busy_cores(seconds: float = 3.0) -> float:
 def child_args(a, role, stage) -> list[str]:
   keys = ["config", "threads", "train_batch", "train_warmup", "train_iters", "eval_batch",
           "eval_warmup", "eval_iters", "llr_batch", "llr_iters", "ref_max_s", "iw_batch",
-          "iw_s", "chunk", "ref_bench"]
+          "iw_s", "chunk", "ref_bench", "device"]
   out = [os.path.abspath(__file__), "--_role", role, "--_stage", stage]
   for k in keys:
     out += [f"--{k}", str(getattr(a, k))]
-  return out + ["--llr_s", *map(str, a.llr_s)]
+  return out + ["--llr_s", *map(str, a.llr_s), "--set", *a.set]
 
 
-def run_child(cmd, env, cpus, tag) -> dict:
+def run_child(cmd, env, cpus, tag, busy_probe_s: float) -> dict:
   """Runs one measuring process pinned to `cpus`; streams its output; returns its RESULT."""
-  busy0 = busy_cores()
+  busy0 = busy_cores(busy_probe_s)
   t0 = time.time()
   log(f"=== {tag} (busy cores before: {busy0:.2f}) ===")
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -372,7 +407,8 @@ def report(a, ours: dict, ref: dict, settings: dict) -> str:
     m = ref["info"]["machine"]
     out.append(f"Reference: torch {m['torch']} ({m['cpu_capability']}), "
                f"torch.set_num_threads({m['torch_threads']}), OMP/MKL_NUM_THREADS "
-               f"{ref['info']['omp_num_threads']}, cores {ref['info']['cpus']}, CPU '{m['cpu']}'")
+               f"{ref['info']['omp_num_threads']}, cores {ref['info']['cpus']}, CPU '{m['cpu']}', "
+               f"device {ref['info']['device']}")
   ref_n = ref["n_params"] if ref else REF_PARAMS_DOC
   out.append(f"Parameters: ours {ours['n_params']:,}; reference {ref_n:,}"
              + ("" if ref else " (documented, reference not run)"))
@@ -394,6 +430,9 @@ def report(a, ours: dict, ref: dict, settings: dict) -> str:
   out.append("")
   out.append("Our jit compile times (lower + compile, cold; s): " + ", ".join(
       f"{k} {v:.1f}" for k, v in ours["compile_s"].items()))
+  if ours.get("flops"):
+    out.append("XLA FLOPs per call (cost analysis; GFLOP): " + ", ".join(
+        f"{k} {v / 1e9:.1f}" for k, v in ours["flops"].items() if v))
   if ours.get("xla_temp_mb"):
     out.append("XLA temp buffer per call (compiled.memory_analysis(); MB): " + ", ".join(
         f"{k} {v:.0f}" for k, v in ours["xla_temp_mb"].items()))
@@ -430,7 +469,8 @@ def parent_main(a):
   xla_flags = " ".join(f for f in [os.environ.get("XLA_FLAGS", ""), a.xla_flags] if f).strip()
   if a.jax_devices > 1:
     xla_flags += f" --xla_force_host_platform_device_count={a.jax_devices}"
-  ours_env = dict(os.environ, XLA_FLAGS=xla_flags.strip(), JAX_PLATFORMS="cpu")
+  ours_env = dict(os.environ, XLA_FLAGS=xla_flags.strip(),
+                  JAX_PLATFORMS="cuda" if a.device == "gpu" else "cpu")
   for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
     ours_env.pop(k, None)
   ref_dir = os.path.abspath(a.ref_dir)
@@ -443,7 +483,7 @@ def parent_main(a):
                        f"for the setup, point --ref_python/--ref_dir/--ref_bench elsewhere, or "
                        f"pass --skip_ref.")
 
-  settings = dict(cpus=cpus, threads=threads, xla_flags=ours_env["XLA_FLAGS"],
+  settings = dict(device=a.device, overrides=a.set, cpus=cpus, threads=threads, xla_flags=ours_env["XLA_FLAGS"],
                   jax_devices=a.jax_devices, torch_threads=threads,
                   omp_mkl_num_threads=threads, quick=a.quick, python=platform.python_version(),
                   machine=platform.machine(), busy_cores_before={})
@@ -453,13 +493,15 @@ def parent_main(a):
 
   def ours_stage(stage):
     r = run_child([sys.executable] + child_args(a, "ours", stage), ours_env, cpus,
-                  f"ours: {stage}")
+                  f"ours: {stage}", a.busy_probe_s)
     settings["busy_cores_before"][f"ours_{stage}"] = r["busy_cores_before"]
     ours_rss[stage] = r["max_rss_mb"]
     ours.setdefault("compile_s", {}).update(r["compile_s"])
+    ours.setdefault("flops", {}).update(r["flops"])
     ours.setdefault("xla_temp_mb", {}).update(r.get("xla_temp_mb", {}))
     ours["n_params"] = r["n_params"]
-    ours.setdefault("info", dict(jax=r["jax"], devices=r["devices"], xla_flags=r["xla_flags"],
+    ours.setdefault("info", dict(jax=r["jax"], devices=r["devices"],
+                                 device_kind=r["device_kind"], xla_flags=r["xla_flags"],
                                  cpus=r["cpus"]))
     for k, v in r.items():
       if isinstance(v, dict) and "examples_per_s" in v:
@@ -468,14 +510,19 @@ def parent_main(a):
       ours[f"{stage}_rss_after_mb"] = r["rss_after_mb"]
 
   def ref_stage(stage):
-    if a.skip_ref:
+    if a.skip_ref or "reference_error" in settings:
       return
-    r = run_child([a.ref_python] + child_args(a, "ref", stage), ref_env, cpus,
-                  f"reference: {stage}")
+    try:
+      r = run_child([a.ref_python] + child_args(a, "ref", stage), ref_env, cpus,
+                    f"reference: {stage}", a.busy_probe_s)
+    except SystemExit as e:  # keep our side's figures; the report says what failed
+      settings["reference_error"] = str(e).splitlines()[0]
+      log(f"reference side stopped: {settings['reference_error']}")
+      return
     settings["busy_cores_before"][f"ref_{stage}"] = r["busy_cores_before"]
     ref_rss[stage] = r["max_rss_mb"]
     ref["n_params"] = r["n_params"]
-    ref.setdefault("info", dict(machine=r["machine"], cpus=r["cpus"],
+    ref.setdefault("info", dict(machine=r["machine"], cpus=r["cpus"], device=r["device"],
                                 omp_num_threads=r["omp_num_threads"],
                                 hvae_oodd_dir=r["hvae_oodd_dir"], activation=r["activation"]))
     for k, v in r.items():
@@ -523,7 +570,8 @@ def main():
   ap.add_argument("--eval_warmup", type=int)
   ap.add_argument("--eval_iters", type=int)
   ap.add_argument("--llr_batch", type=int, help="batch of the LLR S runs (default 100)")
-  ap.add_argument("--llr_s", type=int, nargs="+", help="sample counts (default 1 10 100)")
+  ap.add_argument("--llr_s", type=int, nargs="*",
+                  help="sample counts (default 1 10 100; none: no LLR rows)")
   ap.add_argument("--llr_iters", type=int, help="timed calls for S<=10 (1 call past that)")
   ap.add_argument("--ref_max_s", type=int,
                   help="largest S the reference runs; larger S are extrapolated (default 100)")
@@ -533,6 +581,12 @@ def main():
   ap.add_argument("--jax_devices", type=int, default=1,
                   help="CPU devices for JAX (xla_force_host_platform_device_count)")
   ap.add_argument("--xla_flags", default="", help="extra XLA_FLAGS for our side")
+  ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
+                  help="where both sides run: CPU, or JAX's CUDA backend and torch's cuda")
+  ap.add_argument("--set", nargs="*", default=[],
+                  help="our config overrides key=value, e.g. model.dtype=bfloat16")
+  ap.add_argument("--busy_probe_s", type=float, default=3.0,
+                  help="seconds of /proc/stat sampling before each process (0: no probe)")
   ap.add_argument("--ref_python", default=os.path.join(REPO, ".venv-ref", "bin", "python"))
   ap.add_argument("--ref_dir", default=os.environ.get("HVAE_OODD_DIR",
                                                       os.path.join(REPO, ".ref", "hvae-oodd")))

@@ -1,4 +1,4 @@
-"""Figures for OOD evaluation (ROC curves, score histograms) and image grids.
+"""Figures for OOD evaluation (ROC curves, score histograms), learning curves and image grids.
 
 Uses matplotlib's object-oriented API with an explicit Agg canvas (no pyplot), so it never
 opens a window, never changes the global backend and is safe in headless jobs and threads.
@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from sklearn import metrics as skm
 
-__all__ = ["plot_roc", "plot_histograms", "image_grid"]
+__all__ = ["plot_roc", "plot_histograms", "plot_curve", "image_grid"]
 
 
 def _new_figure(figsize: tuple[float, float]):
@@ -110,6 +110,21 @@ def plot_histograms(scores_in: dict[str, np.ndarray], scores_out: dict[str, np.n
     ax.set_ylabel("density")
   if title:
     fig.suptitle(title)
+  fig.tight_layout()
+  _ensure_dir(path)
+  fig.savefig(path, format="png")
+
+
+def plot_curve(x: np.ndarray, y: np.ndarray, path, xlabel: str, ylabel: str,
+               title: str = "") -> None:
+  """One line with markers, e.g. test bits/dim against epoch; saved as PNG at `path`."""
+  fig = _new_figure((5.5, 3.8))
+  ax = fig.add_subplot(1, 1, 1)
+  ax.plot(np.asarray(x), np.asarray(y), marker=".", lw=1.2)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
   fig.tight_layout()
   _ensure_dir(path)
   fig.savefig(path, format="png")

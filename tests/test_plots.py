@@ -35,6 +35,12 @@ def test_plot_histograms(tmp_path):
   _assert_png(path)
 
 
+def test_plot_curve(tmp_path):
+  path = tmp_path / "sub" / "curve.png"
+  plots.plot_curve(np.arange(5), np.linspace(0.4, 0.3, 5), path, "epoch", "test bits/dim", "t")
+  _assert_png(path)
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("dtype", ["float", "uint8"])
 def test_image_grid(tmp_path, channels, dtype):
