@@ -301,7 +301,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """Trains `config` in `workdir`, resuming from its newest intact checkpoint if there is one.
 
   Ctrl-C saves the last completed step and stops (KeyboardInterrupt); a second one quits
-  without saving.
+  without saving. With several processes (after `jax.distributed.initialize()`) every one
+  calls this with the same config and a shared `workdir`; each reads only its rows of every
+  global batch, and process 0 alone writes the logs, samples and config.json.
   """
   config_lib.validate(config)
   t = config.train
