@@ -10,6 +10,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from hvae_jax import api, checkpoints, train_lib
 from tests.helpers import DATA_DIR, MULTIPROCESS_IMAGES, REPO, fmnist_slice, multiprocess_config
@@ -55,7 +56,10 @@ def _train_two_processes(tmp_path, workdir, max_steps: int, scores) -> None:
   assert codes == [0, 0], logs
 
 
+@pytest.mark.slow
 def test_two_processes_train_resume_and_score_like_one_process_on_two_devices(tmp_path):
+  # The reference must really split the batch over two devices (conftest / scripts/test.sh).
+  assert jax.device_count() == 2, "need XLA_FLAGS=--xla_force_host_platform_device_count=2"
   workdir, scores = tmp_path / "two_processes", tmp_path / "scores.npz"
   _train_two_processes(tmp_path, workdir, STOP_AT, scores)
   _train_two_processes(tmp_path, workdir, END_AT, scores)  # resumes from step STOP_AT
