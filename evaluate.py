@@ -64,7 +64,10 @@ def main(argv):
   problem = multihost.flags_problem()
   if problem:
     raise SystemExit(f"error: {problem}")
-  multihost.initialize_from_flags()  # every process scores its share; process 0 writes
+  try:
+    multihost.initialize_from_flags()  # every process scores its share; process 0 writes
+  except (RuntimeError, ValueError) as e:  # no coordinator found or reachable
+    raise SystemExit(f"error: {e}") from None
   from hvae_jax import api, competing, evaluation, train_lib  # pylint: disable=import-outside-toplevel
   from hvae_jax.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
   try:

@@ -73,7 +73,10 @@ def main(argv):
   except ValueError as e:
     _exit_with(e)
   import jax  # pylint: disable=import-outside-toplevel
-  multihost.initialize_from_flags()
+  try:
+    multihost.initialize_from_flags()
+  except (RuntimeError, ValueError) as e:  # no coordinator found or reachable
+    _exit_with(e)
   from hvae_jax import train_lib  # pylint: disable=import-outside-toplevel
   if FLAGS.data_dir:
     config.data.data_dir = FLAGS.data_dir

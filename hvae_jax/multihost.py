@@ -77,8 +77,15 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   if problem:
     raise ValueError(problem)
   import jax  # pylint: disable=import-outside-toplevel
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  except ValueError as e:
+    if coordinator_address is not None:
+      raise
+    raise ValueError(f"--distributed could not detect the processes ({e}); outside TPU pods, "
+                     "SLURM and the like pass --coordinator_address, --num_processes and "
+                     "--process_id.") from None
 
 
 # Paths on each host's own disk: these may differ between processes.

@@ -67,6 +67,7 @@ CASES = [
     ("process_id_out_of_range", ["--distributed", "--coordinator_address=127.0.0.1:1234",
                                  "--num_processes=2", "--process_id=2"], {},
      "--process_id=2 must be in 0..1 (--num_processes=2)"),
+    ("distributed_undetected", ["--distributed"], {}, "--distributed could not detect the processes"),
     ("coordinator_without_port", ["--distributed", "--coordinator_address=localhost",
                                   "--num_processes=2", "--process_id=0"], {},
      "--coordinator_address=localhost is not host:port"),
