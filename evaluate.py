@@ -13,6 +13,7 @@ calibrated threshold and per-example score caches into --output.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hvae_jax import multihost
 from hvae_jax.config import DEFAULT_WORKDIR, parse_flags_or_exit
 
 FLAGS = flags.FLAGS
@@ -55,10 +56,18 @@ flags.DEFINE_float("regret_weight_decay", 5e-5, "Likelihood regret: L2 weight de
 flags.DEFINE_bool("no_cache", False, "Rescore even where a score cache for this very model, "
                   "images and settings exists (the caches are still written).")
 flags.DEFINE_bool("verbose", False, "On an error, show the Python traceback too.")
+multihost.define_flags()
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  problem = multihost.flags_problem()
+  if problem:
+    raise SystemExit(f"error: {problem}")
+  try:
+    multihost.initialize_from_flags()  # every process scores its share; process 0 writes
+  except (RuntimeError, ValueError) as e:  # no coordinator found or reachable
+    raise SystemExit(f"error: {e}") from None
   from hvae_jax import api, competing, evaluation, train_lib  # pylint: disable=import-outside-toplevel
   from hvae_jax.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
   try:

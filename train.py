@@ -10,7 +10,7 @@ from typing import Optional
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hvae_jax import config as config_lib
+from hvae_jax import config as config_lib, multihost
 from hvae_jax.config import DEFAULT_WORKDIR, parse_flags_or_exit
 
 FLAGS = flags.FLAGS
@@ -19,7 +19,7 @@ config_flags.DEFINE_config_file("config", "configs/fmnist_hvae.py", "Experiment 
 flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "Checkpoints, metrics and samples go here.")
 flags.DEFINE_string("data_dir", None, "Folder with the offline .npz datasets (or tfds data_dir); "
                     "defaults to $HVAE_DATA_DIR.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
+multihost.define_flags()
 flags.DEFINE_bool("verbose", False, "On an error, show the full traceback instead of one line.")
 
 
@@ -51,7 +51,7 @@ def _flag_problem(config) -> Optional[str]:
   if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
     return (f"--workdir={FLAGS.workdir} is a file, not a directory; pass a new or existing "
             "training directory.")
-  return _data_dir_problem(config)
+  return multihost.flags_problem() or _data_dir_problem(config)
 
 
 def _exit_with(err: BaseException):
@@ -73,8 +73,10 @@ def main(argv):
   except ValueError as e:
     _exit_with(e)
   import jax  # pylint: disable=import-outside-toplevel
-  if FLAGS.distributed:
-    jax.distributed.initialize()
+  try:
+    multihost.initialize_from_flags()
+  except (RuntimeError, ValueError) as e:  # no coordinator found or reachable
+    _exit_with(e)
   from hvae_jax import train_lib  # pylint: disable=import-outside-toplevel
   if FLAGS.data_dir:
     config.data.data_dir = FLAGS.data_dir

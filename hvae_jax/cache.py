@@ -74,7 +74,7 @@ class ScoreCache:
     return arrays
 
   def put(self, name: str, key: str, arrays: dict[str, np.ndarray]) -> None:
-    if not self.directory:
+    if not self.directory or jax.process_index() != 0:  # one writer in multi-process runs
       return
     os.makedirs(self.directory, exist_ok=True)
     tmp = self._file(name) + ".tmp.npz"

@@ -314,14 +314,20 @@ class Batches:
       images `[batch_size, ...]` and bool mask `[batch_size]`; the last batch is zero-padded
       and its padded rows have mask False. Fixed shapes mean no recompilation and every example
       counted exactly once (for evaluation).
+
+  `rows` (a slice of `range(batch_size)`, with `pad=False`) reads only those rows of every
+  batch: a process's share of each global batch in a multi-process run (`process_rows`).
   """
 
   def __init__(self, images: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
-               drop_remainder: bool = True, pad: bool = False):
+               drop_remainder: bool = True, pad: bool = False, rows: slice = slice(None)):
     if batch_size <= 0:
       raise ValueError(f"batch_size must be positive, got {batch_size}.")
     if pad and drop_remainder:
       raise ValueError("pad=True needs drop_remainder=False (nothing is left to pad otherwise).")
+    if pad and rows != slice(None):
+      raise ValueError("rows needs pad=False (a padded batch is read whole).")
+    self.rows = rows
     self.images = images
     self.batch_size = int(batch_size)
     self.shuffle = bool(shuffle)
@@ -347,7 +353,7 @@ class Batches:
     return np.random.default_rng([self.seed, int(epoch)]).permutation(self.num_examples)
 
   def _batch(self, order: np.ndarray, i: int):
-    idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+    idx = order[i * self.batch_size:(i + 1) * self.batch_size][self.rows]
     x = self.images[idx]
     if not self.pad:
       return x
@@ -430,3 +436,27 @@ def global_batch(x: np.ndarray, mesh: Mesh, axis_name: str = "data") -> jax.Arra
                      f"size {mesh.shape[axis_name]}.")
   sharding = NamedSharding(mesh, PartitionSpec(axis_name))
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def process_rows(batch_size: int, mesh: Mesh, axis_name: str = "data") -> slice:
+  """The rows of a global `[batch_size, ...]` batch sharded over `mesh[axis_name]` that this
+  process's devices hold: what it reads (all rows with one process)."""
+  sharding = NamedSharding(mesh, PartitionSpec(axis_name))
+  spans = sorted({(s[0].start or 0, s[0].stop if s[0].stop is not None else batch_size)
+                  for s in sharding.addressable_devices_indices_map((batch_size,)).values()})
+  start, stop = spans[0][0], spans[-1][1]
+  if sum(b - a for a, b in spans) != stop - start:
+    raise ValueError(f"this process's devices hold rows {spans} of the batch, not one block; "
+                     "build the mesh with each process's devices next to each other.")
+  return slice(start, stop)
+
+
+def from_process_rows(local: np.ndarray, batch_size: int, mesh: Mesh,
+                      axis_name: str = "data") -> jax.Array:
+  """The global `[batch_size, ...]` batch from this process's rows `process_rows(...)` of it,
+  sharded on the batch axis over `mesh` (each process passes its own rows)."""
+  if batch_size % mesh.shape[axis_name]:
+    raise ValueError(f"Batch size {batch_size} is not divisible by mesh axis {axis_name!r} of "
+                     f"size {mesh.shape[axis_name]}.")
+  return jax.make_array_from_process_local_data(
+      NamedSharding(mesh, PartitionSpec(axis_name)), local, (batch_size, *local.shape[1:]))

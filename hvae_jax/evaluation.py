@@ -15,6 +15,7 @@ import os
 import time
 from typing import Callable, Mapping, Optional, Sequence, Union
 
+import jax
 import numpy as np
 
 from hvae_jax import baselines, cache, checks, competing, data, metrics, plots
@@ -230,7 +231,10 @@ def run(trained: TrainedModel, in_name: str, in_test: np.ndarray, in_train: np.n
   Every score's throughput (examples/s over all sets, scoring time including compilation) is
   recorded as results['examples_per_s'].
   """
-  os.makedirs(out_dir, exist_ok=True)
+  # Several processes score together (each gets every score); process 0 alone writes.
+  writes = jax.process_index() == 0
+  if writes:
+    os.makedirs(out_dir, exist_ok=True)
   score_cache = score_cache or cache.ScoreCache(out_dir)
   in_test = limit(in_test, settings.max_examples, settings.seed)
   # As many training images as test images: enough for the sanity check and the threshold.
@@ -279,6 +283,8 @@ def run(trained: TrainedModel, in_name: str, in_test: np.ndarray, in_train: np.n
                                   {n: out_s[n] for n in names}, settings.seed, orient)
     best = metrics.select_k_by_auroc(res, prefix="llr_k") if llr_names else (None, None)
     results["ood"][ood_name] = {"metrics": res, "k_best_auroc": best[0], "k_unsupervised": k_free}
+    if not writes:
+      continue
     oriented = lambda s: {n: orient[n] * s[n] for n in names}
     plots.plot_roc(oriented(in_test_s), oriented(out_s), os.path.join(out_dir, f"roc_{ood_name}.png"),
                    title=f"{in_name} (in) vs {ood_name} (OOD)")
@@ -289,6 +295,9 @@ def run(trained: TrainedModel, in_name: str, in_test: np.ndarray, in_train: np.n
   if k_free is not None:
     results["threshold"] = calibrate(in_test_s[k_free], k_free, settings, f"{in_name}_test",
                                      {n: scores[f"{n}_test"][k_free] for n in ood_sets})
+  if not writes:
+    return results
+  if "threshold" in results:
     with open(os.path.join(out_dir, THRESHOLD_FILE), "w", encoding="utf-8") as f:
       json.dump(results["threshold"], f, indent=1)
   with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:

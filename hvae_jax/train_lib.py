@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hvae_jax import batching, checkpoints, config as config_lib, data, objectives, plots
+from hvae_jax import batching, checkpoints, config as config_lib, data, multihost, objectives, plots
 from hvae_jax.models import build_model
 
 Array = jax.Array
@@ -301,7 +301,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """Trains `config` in `workdir`, resuming from its newest intact checkpoint if there is one.
 
   Ctrl-C saves the last completed step and stops (KeyboardInterrupt); a second one quits
-  without saving.
+  without saving. With several processes (after `jax.distributed.initialize()`) every one
+  calls this with the same config and a shared `workdir`; each reads only its rows of every
+  global batch, and process 0 alone writes the logs, samples and config.json.
   """
   config_lib.validate(config)
   t = config.train
@@ -309,6 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if t.batch_size % n_dev:
     raise ValueError(f"train.batch_size={t.batch_size} must be divisible by the {n_dev} devices; "
                      f"use a multiple of {n_dev}.")
+  multihost.check_same_config(config)
   _make_workdir(workdir)
   enable_compilation_cache(config.compilation_cache_dir)
   spec = data.DATASETS[config.data.name]
@@ -320,14 +323,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     test_images = test_images[:t.eval_examples]
   test_x = eval_images(test_images, kind, config.data.eval_binarize_seed)
 
-  batches = data.Batches(train_images, t.batch_size, shuffle=True, seed=config.seed)
+  mesh = data.make_data_mesh()
+  # Every process computes the same global order (seed, step) and reads only its own rows.
+  batches = data.Batches(train_images, t.batch_size, shuffle=True, seed=config.seed,
+                         rows=data.process_rows(t.batch_size, mesh))
   steps_per_epoch = batches.num_batches
   total_steps = t.max_steps if t.max_steps > 0 else int(t.epochs * steps_per_epoch)
   eval_every = max(1, int(round(t.eval_every_epochs * steps_per_epoch)))
 
   model = build_model(config, image_shape)
   init_images = train_images[np.random.default_rng(config.seed).permutation(len(train_images))[:256]]
-  mesh = data.make_data_mesh()
   metadata = checkpoint_metadata(config, image_shape, kind)
   train_step = make_data_parallel(make_train_step(model, config, steps_per_epoch, kind), mesh)
   eval_fn = make_eval_fn(model)
@@ -342,8 +347,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     cleanup.callback(ckpt.wait)  # every started save is on disk, or its error raised
     state = initial_state(ckpt, model, config, eval_images(init_images, kind, config.seed),
                           NamedSharding(mesh, P()))
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      json.dump(metadata, f, indent=1)
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(metadata, f, indent=1)
     writer = MetricWriter(workdir)
     cleanup.callback(writer.close)
     start = int(state.step)
@@ -359,7 +365,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         for step, batch in batches.iterate(start):
           if step >= total_steps:
             break
-          state, metrics = train_step(state, data.shard_to_mesh(batch, mesh), root_key)
+          state, metrics = train_step(state, data.from_process_rows(batch, t.batch_size, mesh),
+                                      root_key)
           nonfinite.add(metrics["finite"], step)
           seen += t.batch_size
           done = step + 1
@@ -388,7 +395,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             writer.write(done, "test", {"bpd": bpd, "epoch": done / steps_per_epoch})
             bar.write(f"step {done} (epoch {done / steps_per_epoch:.2f}): test bits/dim {bpd:.4f}")
             if t.sample_grid > 0 and jax.process_index() == 0:
-              imgs = np.asarray(sample_fn({"params": state.params},
+              # On this host's copy of the params: a program over every process's devices
+              # would wait for the other processes.
+              local = jax.tree_util.tree_map(lambda a: a.addressable_data(0), state.params)
+              imgs = np.asarray(sample_fn({"params": local},
                                           jax.random.fold_in(eval_key, done), t.sample_grid))
               plots.image_grid(imgs, os.path.join(workdir, "samples", f"step_{done:08d}.png"))
           if save_now:

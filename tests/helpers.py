@@ -56,3 +56,13 @@ def _init(config, image_shape, seed):
     x = data.eval_binarize(fmnist_slice(64, "train", seed), seed)
   params = jax.jit(model.init)(jax.random.key(seed), x, jax.random.key(1))["params"]
   return model, params
+
+
+# The multi-process test: a few steps of the tiny config, a checkpoint every 10, 200 scores.
+MULTIPROCESS_IMAGES = 200
+
+
+def multiprocess_config(max_steps):
+  return tiny_config(train__max_steps=max_steps, train__checkpoint_every_steps=10,
+                     train__eval_every_epochs=100.0, train__log_every_steps=10,
+                     train__sample_grid=4)

@@ -357,3 +357,25 @@ def test_shard_to_mesh(cpus):
 
 def test_make_data_mesh_default():
   assert data.make_data_mesh().shape["data"] == jax.device_count()
+
+
+def test_process_rows_read_and_placed(cpus):
+  """One process holds every row; Batches(rows=...) reads them, from_process_rows places them
+  as shard_to_mesh would (the multi-process split itself: tests/test_multiprocess.py)."""
+  mesh = data.make_data_mesh(cpus)
+  rows = data.process_rows(8, mesh)
+  assert rows == slice(0, 8)
+  x = _indexed(20)
+  whole = data.Batches(x, 8, shuffle=True, seed=3)
+  part = data.Batches(x, 8, shuffle=True, seed=3, rows=slice(2, 6))
+  for (s, a), (t, b) in zip(whole.iterate(1), part.iterate(1)):
+    assert s == t and np.array_equal(a[2:6], b)
+    if s == 4:
+      break
+  y = data.from_process_rows(x[:8], 8, mesh)
+  assert y.sharding == data.shard_to_mesh(x[:8], mesh).sharding
+  np.testing.assert_array_equal(np.asarray(y), x[:8])
+  with pytest.raises(ValueError, match="divisible"):
+    data.from_process_rows(x[:5], 5, mesh)
+  with pytest.raises(ValueError, match="rows needs pad=False"):
+    data.Batches(x, 8, shuffle=False, drop_remainder=False, pad=True, rows=slice(0, 4))

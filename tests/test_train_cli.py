@@ -60,6 +60,17 @@ CASES = [
      {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
      "train.batch_size=33 must be divisible by the 2 devices"),
     ("corrupt_checkpoint", ["--workdir={tmp}/run"], {}, "no intact checkpoint in {tmp}/run"),
+    ("process_id_without_distributed", ["--process_id=0"], {},
+     "--process_id needs --distributed"),
+    ("distributed_partial", ["--distributed", "--num_processes=2"], {},
+     "--coordinator_address, --process_id missing"),
+    ("process_id_out_of_range", ["--distributed", "--coordinator_address=127.0.0.1:1234",
+                                 "--num_processes=2", "--process_id=2"], {},
+     "--process_id=2 must be in 0..1 (--num_processes=2)"),
+    ("distributed_undetected", ["--distributed"], {}, "--distributed could not detect the processes"),
+    ("coordinator_without_port", ["--distributed", "--coordinator_address=localhost",
+                                  "--num_processes=2", "--process_id=0"], {},
+     "--coordinator_address=localhost is not host:port"),
 ]
 
 

@@ -1,0 +1,128 @@
+"""Several processes (hosts) in one run: starting JAX's distributed runtime, checking that
+every process was given the same config.
+
+Every process runs the same program on its own devices; JAX connects them through a
+coordinator (process 0's address). On TPU pods, SLURM and the like `jax.distributed.initialize()`
+finds the coordinator, the process count and this process's id itself; elsewhere (e.g. GPU
+hosts started by hand) all three are given explicitly.
+"""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import ml_collections
+from absl import flags
+
+# jax is imported where it is used: the scripts check these flags before JAX loads.
+
+_FLAGS = ("coordinator_address", "num_processes", "process_id")
+
+
+def define_flags() -> None:
+  """--distributed and its explicit settings, for the command-line scripts."""
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs); "
+                    "it auto-detects the processes on TPU pods, SLURM and the like.")
+  flags.DEFINE_string("coordinator_address", None, "With --distributed: process 0's host:port.")
+  flags.DEFINE_integer("num_processes", None, "With --distributed: how many processes in all.")
+  flags.DEFINE_integer("process_id", None,
+                       "With --distributed: this process, 0..num_processes-1.")
+
+
+def flags_problem() -> Optional[str]:
+  """Why the flags of `define_flags` cannot work, as one line (None: fine)."""
+  f = flags.FLAGS
+  explicit = [f"--{name}" for name in _FLAGS if f[name].value is not None]
+  if explicit and not f.distributed:
+    return f"{', '.join(explicit)} needs --distributed."
+  return initialize_problem(*(f[name].value for name in _FLAGS)) if f.distributed else None
+
+
+def initialize_from_flags() -> None:
+  """Joins the multi-process run if --distributed was given (call `flags_problem` first)."""
+  if flags.FLAGS.distributed:
+    initialize(*(flags.FLAGS[name].value for name in _FLAGS))
+
+
+def initialize_problem(coordinator_address: Optional[str], num_processes: Optional[int],
+                       process_id: Optional[int]) -> Optional[str]:
+  """Why these `jax.distributed.initialize` arguments cannot work, as one line (None: fine).
+
+  None for all three means JAX's auto-detection; given explicitly, all three are needed.
+  """
+  given = {"--coordinator_address": coordinator_address, "--num_processes": num_processes,
+           "--process_id": process_id}
+  if all(v is None for v in given.values()):
+    return None
+  missing = [k for k, v in given.items() if v is None]
+  if missing:
+    return (f"{', '.join(missing)} missing: pass all of --coordinator_address, --num_processes "
+            "and --process_id, or none of them (auto-detection on TPU pods, SLURM, ...).")
+  host, _, port = coordinator_address.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    return (f"--coordinator_address={coordinator_address} is not host:port; pass process 0's "
+            "address, e.g. 10.0.0.1:1234.")
+  if num_processes < 1:
+    return f"--num_processes={num_processes} must be at least 1."
+  if not 0 <= process_id < num_processes:
+    return (f"--process_id={process_id} must be in 0..{num_processes - 1} "
+            f"(--num_processes={num_processes}).")
+  return None
+
+
+def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+               process_id: Optional[int] = None) -> None:
+  """`jax.distributed.initialize`, with the arguments given (checked first) or auto-detected."""
+  problem = initialize_problem(coordinator_address, num_processes, process_id)
+  if problem:
+    raise ValueError(problem)
+  import jax  # pylint: disable=import-outside-toplevel
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  except ValueError as e:
+    if coordinator_address is not None:
+      raise
+    raise ValueError(f"--distributed could not detect the processes ({e}); outside TPU pods, "
+                     "SLURM and the like pass --coordinator_address, --num_processes and "
+                     "--process_id.") from None
+
+
+# Paths on each host's own disk: these may differ between processes.
+LOCAL_KEYS = ("data.data_dir", "compilation_cache_dir")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def check_same_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first key where some process's config differs from process
+  0's. Every process must call it; every process raises, so none waits on the others.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  if jax.process_count() == 1:
+    return
+  mine = json.dumps(config.to_dict(), sort_keys=True, default=repr).encode()
+  # Every process's config, padded to the longest, gathered to every process.
+  sizes = multihost_utils.process_allgather(np.array([len(mine)], np.int64), tiled=True)
+  padded = np.zeros((int(sizes.max()),), np.uint8)
+  padded[:len(mine)] = np.frombuffer(mine, np.uint8)
+  everyone = multihost_utils.process_allgather(padded[None], tiled=True)
+  configs = [json.loads(bytes(row[:n])) for row, n in zip(everyone, sizes)]
+  first = _flat(configs[0])
+  for p, other in enumerate(configs[1:], start=1):
+    other = _flat(other)
+    for key in sorted((set(first) | set(other)) - set(LOCAL_KEYS)):
+      if first.get(key, "<unset>") != other.get(key, "<unset>"):
+        raise ValueError(f"the processes disagree on the config: {key}={other.get(key, '<unset>')!r} "
+                         f"on process {p} but {first.get(key, '<unset>')!r} on process 0; start "
+                         "every process with the same config and flags.")

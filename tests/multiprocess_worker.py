@@ -1,0 +1,35 @@
+"""One process of the multi-process test (tests/test_multiprocess.py): joins the run, trains
+the tiny config to `max_steps` in a shared workdir (resuming from its checkpoint), scores test
+images; process 0 writes the scores.
+
+python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR MAX_STEPS SCORES.npz
+"""
+import os
+import sys
+import tempfile
+
+import jax
+import numpy as np
+
+# The test session's compilation cache: a rerun of the test skips most compiling.
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("HVAE_TEST_JAX_CACHE", os.path.join(tempfile.gettempdir(),
+                                                                     "hvae_jax_test_cache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
+def main(process_id: int, num_processes: int, port: int, workdir: str, max_steps: int,
+         scores_path: str) -> None:
+  from hvae_jax import multihost  # pylint: disable=import-outside-toplevel
+  multihost.initialize(f"127.0.0.1:{port}", num_processes, process_id)
+  from hvae_jax import api, train_lib  # pylint: disable=import-outside-toplevel
+  from tests import helpers  # pylint: disable=import-outside-toplevel
+  train_lib.train_and_evaluate(helpers.multiprocess_config(max_steps), workdir)
+  scores = api.load_model(workdir).score(helpers.fmnist_slice(helpers.MULTIPROCESS_IMAGES))
+  if jax.process_index() == 0:
+    np.savez(scores_path, **scores)
+
+
+if __name__ == "__main__":
+  a = sys.argv[1:]
+  main(int(a[0]), int(a[1]), int(a[2]), a[3], int(a[4]), a[5])
