@@ -24,7 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "fashion_mnist"
-  c.data.source = "auto"  # 'auto' (local .npz if present, else tfds), 'npz', 'tfds' or 'mock'
+  # 'auto' (local .npz if present, else official idx files if found, else tfds), 'npz',
+  # 'idx', 'tfds' or 'mock'; see hvae_jax/data.py.
+  c.data.source = "auto"
   c.data.data_dir = ""  # '' = $HVAE_DATA_DIR
   c.data.train_split = "train"
   c.data.test_split = "test"
@@ -76,7 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _CHOICES = {
-    "data.source": ("auto", "npz", "tfds", "mock"),
+    "data.source": ("auto", "npz", "idx", "tfds", "mock"),
     "model.name": ("hvae", "biva"),
     "model.likelihood": ("bernoulli", "dmol"),
     "model.upsample": ("subpixel", "transpose"),
