@@ -112,3 +112,9 @@ def test_batch_not_divisible_by_devices(tmp_path):
   config = tiny_config(train__batch_size=33)
   with pytest.raises(ValueError, match="divisible"):
     train_lib.train_and_evaluate(config, str(tmp_path))
+
+
+def test_bad_activation_and_skip_inference_are_reported_by_name(tmp_path):
+  for key, value in (("model__latent_activation", "tanh"), ("model__skip_inference", "mode")):
+    with pytest.raises(ValueError, match=key.replace("__", ".")):
+      train_lib.train_and_evaluate(tiny_config(**{key: value}), str(tmp_path))
