@@ -129,6 +129,36 @@ def xla_flops(stage) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
+def load_ref_bench(path: str):
+  """../shared/bench/ref_torch_bench.py as a module: imports torch and oodd (from
+  HVAE_OODD_DIR) and stubs oodd.datasets. Run by the reference's Python only."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location("ref_torch_bench", path)
+  rb = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(rb)
+  return rb
+
+
+def add_reference_args(ap: argparse.ArgumentParser):
+  """--ref_python, --ref_dir, --ref_bench: where the reference side's pieces are."""
+  ap.add_argument("--ref_python", default=os.path.join(REPO, ".venv-ref", "bin", "python"))
+  ap.add_argument("--ref_dir", default=os.environ.get("HVAE_OODD_DIR",
+                                                      os.path.join(REPO, ".ref", "hvae-oodd")))
+  ap.add_argument("--ref_bench", default=os.path.join(os.path.dirname(REPO), "shared", "bench",
+                                                      "ref_torch_bench.py"))
+
+
+def reference_env(a, threads: int) -> dict:
+  """The reference child's environment; stops with the setup hint if a piece is missing."""
+  missing = [p for p in (a.ref_python, a.ref_dir, a.ref_bench) if not os.path.exists(p)]
+  if missing:
+    raise SystemExit(f"reference side not set up: missing {missing}; see "
+                     f"bench/compare_reference.py's docstring for the setup, or point "
+                     f"--ref_python/--ref_dir/--ref_bench elsewhere.")
+  return dict(os.environ, HVAE_OODD_DIR=os.path.abspath(a.ref_dir),
+              OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+
+
 def emit(res: dict):
   print(RESULT_TAG + json.dumps(res), flush=True)
 
@@ -243,10 +273,7 @@ def ours_main(a):
 # Reference side (run as a child with the reference venv's Python: `--_role ref`)
 # ------------------------------------------------------------------------------------------
 def ref_main(a):
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location("ref_torch_bench", a.ref_bench)
-  rb = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(rb)  # imports torch and oodd (from HVAE_OODD_DIR), stubs oodd.datasets
+  rb = load_ref_bench(a.ref_bench)
   torch, oodd = rb.torch, rb.oodd
   torch.set_num_threads(a.threads)
   dev = torch.device("cuda" if a.device == "gpu" else "cpu")
@@ -473,15 +500,7 @@ def parent_main(a):
                   JAX_PLATFORMS="cuda" if a.device == "gpu" else "cpu")
   for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
     ours_env.pop(k, None)
-  ref_dir = os.path.abspath(a.ref_dir)
-  ref_env = dict(os.environ, HVAE_OODD_DIR=ref_dir, OMP_NUM_THREADS=str(threads),
-                 MKL_NUM_THREADS=str(threads))
-  if not a.skip_ref:
-    missing = [p for p in (a.ref_python, ref_dir, a.ref_bench) if not os.path.exists(p)]
-    if missing:
-      raise SystemExit(f"reference side not set up: missing {missing}; see this file's docstring "
-                       f"for the setup, point --ref_python/--ref_dir/--ref_bench elsewhere, or "
-                       f"pass --skip_ref.")
+  ref_env = None if a.skip_ref else reference_env(a, threads)
 
   settings = dict(device=a.device, overrides=a.set, cpus=cpus, threads=threads, xla_flags=ours_env["XLA_FLAGS"],
                   jax_devices=a.jax_devices, torch_threads=threads,
@@ -587,11 +606,7 @@ def main():
                   help="our config overrides key=value, e.g. model.dtype=bfloat16")
   ap.add_argument("--busy_probe_s", type=float, default=3.0,
                   help="seconds of /proc/stat sampling before each process (0: no probe)")
-  ap.add_argument("--ref_python", default=os.path.join(REPO, ".venv-ref", "bin", "python"))
-  ap.add_argument("--ref_dir", default=os.environ.get("HVAE_OODD_DIR",
-                                                      os.path.join(REPO, ".ref", "hvae-oodd")))
-  ap.add_argument("--ref_bench", default=os.path.join(os.path.dirname(REPO), "shared", "bench",
-                                                      "ref_torch_bench.py"))
+  add_reference_args(ap)
   ap.add_argument("--_role", default="parent", choices=["parent", "ours", "ref"],
                   help=argparse.SUPPRESS)
   ap.add_argument("--_stage", default="", help=argparse.SUPPRESS)

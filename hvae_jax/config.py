@@ -29,7 +29,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "fashion_mnist"
-  c.data.source = "auto"  # 'auto' (local .npz if present, else tfds), 'npz', 'tfds' or 'mock'
+  # 'auto' (local .npz if present, else official idx files if found, else tfds), 'npz',
+  # 'idx', 'tfds' or 'mock'; see hvae_jax/data.py.
+  c.data.source = "auto"
   c.data.data_dir = ""  # '' = $HVAE_DATA_DIR
   c.data.train_split = "train"
   c.data.test_split = "test"
@@ -45,10 +47,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.latents = FMNIST_LATENTS  # per stage: (kind 'conv'|'dense', features)
   c.model.likelihood = "bernoulli"  # 'bernoulli' (greyscale) or 'dmol' (colour)
   c.model.num_mix = 10
-  c.model.activation = "relu"
+  c.model.activation = "relu"  # residual blocks
+  # Before the latent layers' and the likelihood's parameter layers. The defaults are what
+  # every model here was trained with; the reference applies model.activation (ReLU) there
+  # too, so a model ported from it (hvae_jax/port.py) has 'relu' for both.
+  c.model.latent_activation = "elu"
+  c.model.likelihood_activation = "leaky_relu"
   c.model.latent_kernel = 3
   c.model.upsample = "subpixel"  # 'subpixel' (fast on CPU) or 'transpose': same function
   c.model.skip_mode = "mean"  # z_{<=k} in L^{>k}: prior 'mean' (reference) or 'sample'
+  # z_{<=k} in L^{>k}'s bottom-up pass: posterior 'sample' (as the ELBO; one pass serves every
+  # k) or 'mean' (the reference's ood-llr.py); see HierarchicalModel in models/common.py.
+  c.model.skip_inference = "sample"
   c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (scores stay float32)
   c.model.biva_conditional_bu = False  # BIVA: condition p(z^BU_i) on z^TD_i too
 
@@ -81,11 +91,12 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _CHOICES = {
-    "data.source": ("auto", "npz", "tfds", "mock"),
+    "data.source": ("auto", "npz", "idx", "tfds", "mock"),
     "model.name": ("hvae", "biva"),
     "model.likelihood": ("bernoulli", "dmol"),
     "model.upsample": ("subpixel", "transpose"),
     "model.skip_mode": ("mean", "sample"),
+    "model.skip_inference": ("sample", "mean"),
     "model.dtype": ("float32", "bfloat16"),
     "train.nan_policy": ("stop", "skip"),
 }
@@ -133,6 +144,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if _get(c, key) < 0:
       raise ValueError(f"config.{key} must be >= 0, got {_get(c, key)!r}.")
   _check_likelihood_fits_data(c)
+  from hvae_jax.layers import ACTIVATIONS  # pylint: disable=import-outside-toplevel
+  for key in ("model.activation", "model.latent_activation", "model.likelihood_activation"):
+    if _get(c, key) not in ACTIVATIONS:
+      raise ValueError(f"config.{key} = {_get(c, key)!r} is not one of {sorted(ACTIVATIONS)}.")
   if not 0.0 <= c.data.perturb_rate <= 1.0:
     raise ValueError(f"config.data.perturb_rate is a probability in [0, 1], got "
                      f"{c.data.perturb_rate!r}.")

@@ -8,10 +8,16 @@ axis of size 1) until a batch is handed to the model:
   that scores are reproducible (`eval_binarize`);
 * colour sets (`kind='discrete'`) stay uint8 in [0, 255] for the discretized likelihood.
 
-Three sources, one API (`load_images`):
+Four sources, one API (`load_images`):
 
 * `'npz'`: offline archives `{data_dir}/{name}.npz` with arrays `{split}_images` (uint8
   `[N, H, W]` or `[N, H, W, C]`); this is how real data is used on machines without internet.
+* `'idx'`: the official idx files of the MNIST family (`train-images-idx3-ubyte`,
+  `t10k-images-idx3-ubyte`, plain or `.gz`), as the official downloads and Debian's
+  `apt-get install dataset-fashion-mnist` ship them. MNIST and Fashion-MNIST use the same file
+  names, so they are only read from a folder named after the data set (`IDX_FOLDERS`):
+  `{data_dir}/<folder>/`, `data_dir` itself when it has that name, or
+  `/usr/share/datasets/<folder>/` (where the Debian package installs Fashion-MNIST).
 * `'tfds'`: `tfds.data_source` (random access over array_record files). Reading needs no
   TensorFlow, also under `tfds.testing.mock_data`; it downloads and prepares the data set on
   first use, and that one-time step does need TensorFlow (tfds 4.9.10's builders use
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
 import math
 import os
 import re
@@ -43,7 +50,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 Array = jax.Array
 
 DATA_DIR_ENV = "HVAE_DATA_DIR"
-SOURCES = ("auto", "npz", "tfds", "mock")
+SOURCES = ("auto", "npz", "idx", "tfds", "mock")
 MOCK_EXAMPLES = 512
 KINDS = ("binary", "discrete")
 
@@ -60,12 +67,15 @@ class DatasetSpec:
     npz_file: file name of the offline archive inside the data dir, or None if the data set is
       only available through tfds.
     splits: the splits tfds offers (an npz archive may hold fewer; it is checked on load).
+    idx_folders: names of a folder holding the data set's official idx files (empty: the
+      data set has none).
   """
   image_shape: tuple[int, int, int]
   kind: str
   tfds_name: str
   npz_file: Optional[str]
   splits: tuple[str, ...]
+  idx_folders: tuple[str, ...] = ()
 
   @property
   def channels(self) -> int:
@@ -74,10 +84,12 @@ class DatasetSpec:
 
 # Adding a data set = adding one entry here.
 DATASETS: dict[str, DatasetSpec] = {
+    # 'fashion-mnist' is the Debian package's folder, 'fashion' the official repo's data/fashion.
     "fashion_mnist": DatasetSpec((28, 28, 1), "binary", "fashion_mnist", "fashion_mnist.npz",
-                                 ("train", "test")),
-    "mnist": DatasetSpec((28, 28, 1), "binary", "mnist", "mnist.npz", ("train", "test")),
-    "kmnist": DatasetSpec((28, 28, 1), "binary", "kmnist", None, ("train", "test")),
+                                 ("train", "test"), ("fashion_mnist", "fashion-mnist", "fashion")),
+    "mnist": DatasetSpec((28, 28, 1), "binary", "mnist", "mnist.npz", ("train", "test"),
+                         ("mnist",)),
+    "kmnist": DatasetSpec((28, 28, 1), "binary", "kmnist", None, ("train", "test"), ("kmnist",)),
     "cifar10": DatasetSpec((32, 32, 3), "discrete", "cifar10", "cifar10.npz", ("train", "test")),
     "svhn_cropped": DatasetSpec((32, 32, 3), "discrete", "svhn_cropped", "svhn_cropped.npz",
                                 ("train", "test", "extra")),
@@ -89,6 +101,15 @@ def get_spec(name: str) -> DatasetSpec:
   if name not in DATASETS:
     raise ValueError(f"Unknown dataset {name!r}; known datasets: {sorted(DATASETS)}.")
   return DATASETS[name]
+
+
+# Official idx image file of each split (the label files beside them are not needed).
+IDX_IMAGES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+# Where system packages install data sets (Debian/Ubuntu: /usr/share/datasets/fashion-mnist).
+SYSTEM_DATA_DIRS = ("/usr/share/datasets",)
+# idx header type codes (the third magic byte); images must be unsigned bytes.
+_IDX_DTYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "int32",
+               0x0D: "float32", 0x0E: "float64"}
 
 
 def default_data_dir() -> Optional[str]:
@@ -108,15 +129,16 @@ def load_images(name: str, split: str, data_dir: Optional[str] = None, source: s
     name: a key of `DATASETS`.
     split: 'train', 'test', ... For tfds any split string tfds accepts ('train[:10%]', ...);
       for npz exactly the `{split}_images` array of the archive.
-    data_dir: folder with `{name}.npz` archives and/or tfds data; default `$HVAE_DATA_DIR`,
-      else None (tfds default folder).
-    source: 'npz', 'tfds', 'auto' (npz if `{data_dir}/{name}.npz` exists, else tfds) or
-      'mock' (random images from tfds' mock, see the module docstring).
+    data_dir: folder with `{name}.npz` archives, idx folders and/or tfds data; default
+      `$HVAE_DATA_DIR`, else None (tfds default folder).
+    source: 'npz', 'idx', 'tfds', 'auto' (npz if `{data_dir}/{name}.npz` exists, else idx
+      files if found, else tfds) or 'mock' (random images from tfds' mock, see the module
+      docstring).
     download: tfds only: download and prepare the data set if it is not in `data_dir` yet.
 
   Raises:
-    ValueError: unknown data set, source or split; unreadable or malformed npz archive.
-    FileNotFoundError: source='npz' and the archive is not there.
+    ValueError: unknown data set, source or split; unreadable or malformed npz or idx file.
+    FileNotFoundError: source='npz' or 'idx' and the file is not there.
     RuntimeError: tfds failed (typically: no internet); wraps the original error.
   """
   spec = get_spec(name)
@@ -128,6 +150,9 @@ def load_images(name: str, split: str, data_dir: Optional[str] = None, source: s
 
   if source == "npz" or (source == "auto" and npz_path is not None and os.path.isfile(npz_path)):
     return _load_npz(name, spec, split, npz_path)
+  idx_path = _idx_path(spec, split, data_dir)
+  if source == "idx" or (source == "auto" and idx_path is not None):
+    return _load_idx(name, spec, split, data_dir, idx_path)
   # 'auto' falling through to tfds: say where the npz was looked for, if the download fails.
   tried = npz_path if source == "auto" else None
   return _load_tfds(name, spec, split, data_dir, download, tried_npz=tried,
@@ -141,8 +166,10 @@ def _npz_path(spec: DatasetSpec, data_dir: Optional[str]) -> Optional[str]:
 
 
 def _offline_hint(name: str) -> str:
+  folders = DATASETS[name].idx_folders
+  idx = f", or a subfolder {folders[0]}/ with the official idx files" if folders else ""
   return (f"set --data_dir or ${DATA_DIR_ENV} to a folder holding {name}.npz (uint8 arrays "
-          f"'<split>_images' of shape [N, H, W] or [N, H, W, C])")
+          f"'<split>_images' of shape [N, H, W] or [N, H, W, C]){idx}")
 
 
 def _how_to_get(name: str, spec: DatasetSpec) -> str:
@@ -194,6 +221,78 @@ def _check_images(images: np.ndarray, spec: DatasetSpec, where: str) -> np.ndarr
     raise ValueError(f"{where}: shape {images.shape}, expected [N, {expected}] "
                      f"(or [N, H, W] for one channel).")
   return images
+
+
+def _idx_folders(spec: DatasetSpec, data_dir: Optional[str]) -> list[str]:
+  """Folders that may hold the data set's idx files, in the order they are tried."""
+  roots = list(SYSTEM_DATA_DIRS)
+  folders = []
+  if data_dir is not None:
+    data_dir = os.path.expanduser(str(data_dir))
+    roots.insert(0, data_dir)
+    if os.path.basename(os.path.normpath(data_dir)) in spec.idx_folders:
+      folders.append(data_dir)  # the user pointed at the folder of idx files itself
+  return folders + [os.path.join(root, f) for root in roots for f in spec.idx_folders]
+
+
+def _idx_path(spec: DatasetSpec, split: str, data_dir: Optional[str]) -> Optional[str]:
+  """The first idx image file of `split` found (plain before .gz), or None."""
+  base = IDX_IMAGES.get(split)
+  if base is None:
+    return None
+  for folder in _idx_folders(spec, data_dir):
+    for file in (base, base + ".gz"):
+      if os.path.isfile(os.path.join(folder, file)):
+        return os.path.join(folder, file)
+  return None
+
+
+def _load_idx(name: str, spec: DatasetSpec, split: str, data_dir: Optional[str],
+              path: Optional[str]) -> np.ndarray:
+  if not spec.idx_folders:
+    raise ValueError(f"Dataset {name!r} has no idx files; use source='npz' or 'tfds'.")
+  if split not in IDX_IMAGES:
+    raise ValueError(f"Split {split!r} of {name!r}: idx files hold only the splits "
+                     f"{list(IDX_IMAGES)}.")
+  if path is None:
+    raise FileNotFoundError(
+        f"No idx file {IDX_IMAGES[split]}[.gz] of {name!r} in any of "
+        f"{_idx_folders(spec, data_dir)}. Put the official files in a folder named one of "
+        f"{list(spec.idx_folders)} inside --data_dir / ${DATA_DIR_ENV}.")
+  return _check_images(read_idx(path), spec, f"idx file {path}")
+
+
+def read_idx(path: str) -> np.ndarray:
+  """The uint8 array of an idx file (plain or gzipped), e.g. `[N, 28, 28]` images.
+
+  Raises:
+    ValueError: naming `path`, when it is unreadable, not an unsigned-byte idx file, or its
+      size does not match the dimensions its header gives (e.g. a truncated download).
+  """
+  def bad(what: str) -> ValueError:
+    return ValueError(f"idx file {path}: {what}. Replace it with an intact copy of the "
+                      f"official file.")
+  try:
+    with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+      raw = f.read()
+  except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+    raise bad(f"cannot be read ({type(e).__name__}: {str(e).rstrip('.')})") from None
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+    raise bad(f"not an idx file (magic number {raw[:4].hex() or 'missing'}, expected 0000 "
+              f"followed by a type code and the number of dimensions)")
+  code, ndim = raw[2], raw[3]
+  if code != 0x08:
+    raise bad(f"data type code 0x{code:02x} ({_IDX_DTYPES.get(code, 'unknown')}), expected "
+              f"0x08 (unsigned byte pixels)")
+  header = 4 + 4 * ndim
+  if ndim == 0 or len(raw) < header:
+    raise bad(f"header of {ndim} dimensions does not fit in {len(raw)} bytes")
+  dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4))
+  if len(raw) != header + math.prod(dims):
+    raise bad(f"{len(raw)} bytes, but its header says dimensions {dims}: "
+              f"{header + math.prod(dims)} bytes (truncated or padded)")
+  # A copy: arrays over `raw` would be read-only, unlike every other source's.
+  return np.frombuffer(raw, np.uint8, offset=header).reshape(dims).copy()
 
 
 def _split_names(split: str) -> list[str]:

@@ -38,12 +38,19 @@ def max_k(model: nn.Module) -> int:
 
 def bounds_one_sample(model: nn.Module, params: Any, x: Array, key: Array,
                       ks: Array) -> Array:
-  """`[len(ks), batch]` single-sample bounds L^{>k}, sharing one bottom-up pass over k."""
+  """`[len(ks), batch]` single-sample bounds L^{>k}.
+
+  With the model's skip_inference='sample' every k shares one bottom-up pass; with 'mean'
+  (the reference's ood-llr.py) each k runs its own, with z_{<=k} at the posterior mean. The
+  same key draws the same samples either way, so the ELBO (k = 0) does not depend on it.
+  """
   k_q, k_p = jax.random.split(key)
   variables = {"params": params}
-  posteriors = model.apply(variables, x, k_q, method=model.infer)
+  infer = lambda k: model.apply(variables, x, k_q, k, method=model.infer)
+  shared = infer(0) if model.skip_inference == "sample" else None
 
   def for_k(k):
+    posteriors = infer(k) if shared is None else shared
     out = model.apply(variables, posteriors, x, k, k_p, method=model.generate)
     return objectives.bound(out)
 

@@ -109,3 +109,14 @@ def test_bad_strides_give_clear_error():
   c.model.blocks = (((8, 3, 3),), ((8, 3, 2),), ((8, 3, 1),))
   with pytest.raises(ValueError, match="does not divide"):
     tiny_model_and_params(c)
+
+
+def test_head_activations_are_knobs():
+  """latent_/likelihood_activation change the function, not the parameters (a port from the
+  reference sets both to its 'relu')."""
+  model, params = tiny_model_and_params()
+  x = _x()
+  base = objectives.bound(model.apply({"params": params}, x, None))
+  for field in ("latent_activation", "likelihood_activation"):
+    other = model.clone(**{field: "relu"})
+    assert not np.allclose(objectives.bound(other.apply({"params": params}, x, None)), base)

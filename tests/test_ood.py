@@ -66,3 +66,42 @@ def test_score_fn_rejects_bad_k():
   import pytest  # pylint: disable=import-outside-toplevel
   with pytest.raises(ValueError, match="k must lie"):
     ood.scores(model, params, x, jax.random.key(0), ks=(3,))
+
+
+def test_reference_inference_mode_uses_posterior_means_below_k():
+  """skip_inference='mean' (ood-llr.py): z_{<=k} enters the bottom-up pass at its posterior
+  mean; the ELBO is unchanged and L^{>k} is the bound over those posteriors."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  model, params, x = _setup()
+  ref_model = dataclasses.replace(model, skip_inference="mean")
+  key = jax.random.key(3)
+  ks = jnp.arange(3)
+  sampled = ood.bounds_one_sample(model, params, x, key, ks)
+  got = ood.bounds_one_sample(ref_model, params, x, key, ks)
+  np.testing.assert_allclose(got[0], sampled[0], rtol=1e-6)
+  k_q, k_p = jax.random.split(key)
+  v = {"params": params}
+  for k in (1, 2):
+    post = ref_model.apply(v, x, k_q, k, method=ref_model.infer)
+    free = model.apply(v, x, k_q, method=model.infer)
+    for i, (q, q_free) in enumerate(zip(post, free)):
+      if i < k:
+        np.testing.assert_array_equal(q.z, q.mean)
+      else:  # the layers above see other inputs but draw the same noise
+        np.testing.assert_allclose((q.z - q.mean) / q.std, (q_free.z - q_free.mean) / q_free.std,
+                                   rtol=1e-4, atol=1e-4)
+    want = objectives.bound(ref_model.apply(v, post, x, k, k_p, method=ref_model.generate))
+    np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=1e-3)
+    assert not np.allclose(got[k], sampled[k])  # the option does change L^{>k}
+
+
+def test_no_key_puts_every_latent_at_its_mean():
+  model, params, x = _setup()
+  v = {"params": params}
+  post = model.apply(v, x, None, method=model.infer)
+  assert all(np.array_equal(q.z, q.mean) for q in post)
+  a = objectives.bound(model.apply(v, x, None, 1))
+  b = objectives.bound(model.apply(v, x, None, 1))
+  np.testing.assert_array_equal(a, b)
+  sampled = model.clone(skip_mode="sample")  # no key: the prior mean even in 'sample' mode
+  np.testing.assert_allclose(objectives.bound(sampled.apply(v, x, None, 1)), a, rtol=1e-6)

@@ -246,3 +246,9 @@ def test_ctrl_c_or_sigterm_right_after_a_step_saves_that_step(tmp_path, monkeypa
   assert int(state["step"]) == 3
   jax.tree_util.tree_map(np.testing.assert_array_equal, state["params"],
                          jax.tree_util.tree_map(np.asarray, results["params"]))
+
+
+def test_bad_activation_and_skip_inference_are_reported_by_name(tmp_path):
+  for key, value in (("model__latent_activation", "tanh"), ("model__skip_inference", "mode")):
+    with pytest.raises(ValueError, match=key.replace("__", ".")):
+      train_lib.train_and_evaluate(tiny_config(**{key: value}), str(tmp_path))

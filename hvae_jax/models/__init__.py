@@ -18,8 +18,11 @@ def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, 
   """The flax module that `config.model` describes, for images `[H, W, C]`."""
   m = config.model
   common = dict(image_shape=tuple(int(v) for v in image_shape), likelihood=m.likelihood,
-                num_mix=m.num_mix, activation=m.activation, latent_kernel=m.latent_kernel,
-                upsample=m.upsample, skip_mode=m.skip_mode, dtype=_DTYPES[m.dtype])
+                num_mix=m.num_mix, activation=m.activation,
+                latent_activation=m.latent_activation,
+                likelihood_activation=m.likelihood_activation, latent_kernel=m.latent_kernel,
+                upsample=m.upsample, skip_mode=m.skip_mode, skip_inference=m.skip_inference,
+                dtype=_DTYPES[m.dtype])
   common.update(blocks=_as_tuple(m.blocks), latents=_as_tuple(m.latents))
   if m.name == "hvae":
     return HVAE(**common)

@@ -43,9 +43,8 @@ import jax.numpy as jnp
 
 from hvae_jax import distributions as dist
 from hvae_jax.layers import ResBlock
-from hvae_jax.models.common import (AsFeatureMap, Gaussian, GaussianLatent, HierarchicalModel,
-                                    Likelihood, network_input, standard_normal,
-                                    use_prior_mask)
+from hvae_jax.models.common import (AsFeatureMap, Gaussian, HierarchicalModel, network_input,
+                                    split_key, standard_normal, use_prior_mask)
 from hvae_jax.models.hvae import stage_feature_shapes
 
 Array = jax.Array
@@ -91,7 +90,6 @@ class BIVA(HierarchicalModel):
   likelihood, uint8 for the discretized logistic mixture ('dmol').
   """
   conditional_bu: bool = False
-  dtype: Any = jnp.float32
 
   @property
   def latent_layers(self) -> tuple[int, ...]:
@@ -107,13 +105,12 @@ class BIVA(HierarchicalModel):
                        f"its BU and TD latents).")
     if n < 2:
       raise ValueError("BIVA needs at least 2 layers (model.blocks with >= 2 stages).")
-    if self.skip_mode not in ("mean", "sample"):
-      raise ValueError(f"skip_mode must be 'mean' or 'sample', got {self.skip_mode!r}.")
+    self.check_modes()
     self.feature_shapes = shapes = stage_feature_shapes(self.image_shape, self.blocks)
     block = lambda spec, transposed=False, residual=True, stride=None: ResBlock(
         spec[0], spec[1], spec[2] if stride is None else stride, transposed, residual,
         self.activation, self.upsample, self.dtype, same_shape_aux=True)
-    latent = lambda spec: GaussianLatent(spec[0], spec[1], self.latent_kernel, self.dtype)
+    latent = self.make_latent
     # Inference: the first block of stage 1 sees the raw image (no residual, as the reference).
     inference_stack = lambda i, stage: [block(spec, residual=i > 0 or j > 0)
                                         for j, spec in enumerate(stage)]
@@ -136,21 +133,27 @@ class BIVA(HierarchicalModel):
     self.z_proj = [AsFeatureMap(shapes[i], self.dtype) for i in range(n)]
     self.p_blocks = [[block(spec, transposed=True, residual=j > 0)
                       for j, spec in enumerate(reversed(stage))] for stage in self.blocks]
-    self.lik = Likelihood(self.likelihood, self.image_shape[-1], self.num_mix, self.dtype)
+    self.lik = self.make_likelihood()
 
-  def infer(self, x: Array, key: Array) -> tuple[Any, ...]:
+  def infer(self, x: Array, key: Optional[Array], n_skip=0) -> tuple[Any, ...]:
     """Bottom-up pass, lowest layer first: a `StagePosterior` per layer below the top (the
-    BU posterior with its sample and the TD features), then the top posterior `Gaussian`."""
+    BU posterior with its z and the TD features), then the top posterior `Gaussian`.
+
+    z^BU_i is a sample, or the mean for the `n_skip` lowest layers with
+    skip_inference='mean' and for every layer when `key` is None.
+    """
     n = len(self.blocks)
     h_in = network_input(x, self.likelihood, self.dtype)
     x_bu, x_td, aux = h_in, h_in, None
-    keys = jax.random.split(key, n)
+    keys = split_key(key, n)
+    at_mean = self.at_mean_in_inference(tuple(range(1, n)), n_skip)  # BU latents, per layer
     posteriors = []
     for i in range(n):
       h_bu, _ = _run(self.q_bu_blocks[i], x_bu, aux)
       h_td, _ = _run(self.q_td_blocks[i], x_td, h_bu)
       if i < n - 1:
         q_bu = self.q_bu_latents[i](h_bu, keys[i])
+        q_bu = q_bu.replace(z=jnp.where(at_mean[i], q_bu.mean, q_bu.z))
         posteriors.append(StagePosterior(bu=q_bu, h_td=h_td))
         x_bu, x_td = self.bu_proj[i](q_bu.z), h_td
         aux = jnp.concatenate([h_bu, h_td], axis=-1)
@@ -162,19 +165,20 @@ class BIVA(HierarchicalModel):
   def _prior_z(self, key: Array, mean: Array, std: Array, sample: bool) -> Array:
     return dist.gaussian_sample(key, mean, std) if sample else mean
 
-  def _top_down(self, posteriors: Optional[Sequence[Any]], n_skip, key: Array,
+  def _top_down(self, posteriors: Optional[Sequence[Any]], n_skip, key: Optional[Array],
                 batch: int) -> tuple[Array, tuple[Array, ...]]:
     """Top-down pass. Returns the last features d `[batch, H, W, c]` and the KL terms.
 
     Both latents of a layer among the `n_skip` lowest (or every latent, when no posteriors
     are given: sampling) come from their conditional priors, mean or sample per skip_mode,
-    and get zero KL; the others take the posterior sample and the MC KL log q - log p.
+    and get zero KL; the others take the posterior's z and the MC KL log q - log p. Without a
+    key every latent takes its mean (q(z^TD_i | .) too).
     """
     n = len(self.blocks)
     from_prior = (jnp.ones((n,), bool) if posteriors is None
                   else use_prior_mask(tuple(range(1, n + 1)), n_skip))
-    sample_prior = posteriors is None or self.skip_mode == "sample"
-    keys = jax.random.split(key, 3 * n)
+    sample_prior = key is not None and (posteriors is None or self.skip_mode == "sample")
+    keys = split_key(key, 3 * n)
     kls: list[Any] = [None] * (2 * n - 1)  # (bu_1, td_1, ..., bu_{L-1}, td_{L-1}, top)
     d, skips = None, None
     for i in reversed(range(n)):

@@ -11,16 +11,15 @@ stack and the reverse, with transposed/upsampling convs, for its generative stac
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from hvae_jax import distributions as dist
 from hvae_jax.layers import ResBlock
-from hvae_jax.models.common import (AsFeatureMap, Gaussian, GaussianLatent, HierarchicalModel,
-                                    Likelihood, network_input, standard_normal,
-                                    use_prior_mask)
+from hvae_jax.models.common import (AsFeatureMap, Gaussian, HierarchicalModel, network_input,
+                                    split_key, standard_normal, use_prior_mask)
 
 Array = jax.Array
 BlockSpec = tuple[int, int, int]
@@ -49,7 +48,6 @@ class HVAE(HierarchicalModel):
   Images are `[batch, height, width, channels]`: binarized floats for the Bernoulli
   likelihood, uint8 for the discretized logistic mixture ('dmol').
   """
-  dtype: Any = jnp.float32
 
   @property
   def latent_layers(self) -> tuple[int, ...]:
@@ -60,52 +58,58 @@ class HVAE(HierarchicalModel):
     if len(self.blocks) != len(self.latents):
       raise ValueError(f"model.blocks has {len(self.blocks)} stages but model.latents has "
                        f"{len(self.latents)}; give one latent per stage.")
-    if self.skip_mode not in ("mean", "sample"):
-      raise ValueError(f"skip_mode must be 'mean' or 'sample', got {self.skip_mode!r}.")
+    self.check_modes()
     self.feature_shapes = shapes = stage_feature_shapes(self.image_shape, self.blocks)
     n = len(self.blocks)
     block = lambda spec, transposed, residual: ResBlock(
         spec[0], spec[1], spec[2], transposed, residual, self.activation, self.upsample, self.dtype)
-    latent = lambda spec: GaussianLatent(spec[0], spec[1], self.latent_kernel, self.dtype)
     # The first inference block of stage 1 sees the raw image: no residual, as the reference.
     self.q_blocks = [[block(spec, False, i > 0 or j > 0) for j, spec in enumerate(stage)]
                      for i, stage in enumerate(self.blocks)]
-    self.q_latents = [latent(spec) for spec in self.latents]
+    self.q_latents = [self.make_latent(spec) for spec in self.latents]
     self.q_proj = [AsFeatureMap(shapes[i], self.dtype) for i in range(n - 1)]
-    self.p_latents = [latent(spec) for spec in self.latents[:-1]]
+    self.p_latents = [self.make_latent(spec) for spec in self.latents[:-1]]
     self.p_proj = [AsFeatureMap(shapes[i], self.dtype) for i in range(n)]
     self.p_blocks = [[block(spec, True, j > 0) for j, spec in enumerate(reversed(stage))]
                      for stage in self.blocks]
-    self.lik = Likelihood(self.likelihood, self.image_shape[-1], self.num_mix, self.dtype)
+    self.lik = self.make_likelihood()
 
-  def infer(self, x: Array, key: Array) -> tuple[Gaussian, ...]:
-    """Bottom-up pass: the posterior of every latent, lowest first, each with a sample."""
+  def infer(self, x: Array, key: Optional[Array], n_skip=0) -> tuple[Gaussian, ...]:
+    """Bottom-up pass: the posterior of every latent, lowest first, each with its z.
+
+    z is a sample, or the mean for the `n_skip` lowest with skip_inference='mean' and for
+    every latent when `key` is None.
+    """
     h_in = network_input(x, self.likelihood, self.dtype)
     aux = None
     posteriors = []
-    keys = jax.random.split(key, len(self.q_latents))
+    keys = split_key(key, len(self.q_latents))
+    at_mean = self.at_mean_in_inference(self.latent_layers, n_skip)
     for i, (stage, q_latent) in enumerate(zip(self.q_blocks, self.q_latents)):
       h = h_in
       for blk in stage:
         h = blk(h, aux)
       q = q_latent(h, keys[i])
+      q = q.replace(z=jnp.where(at_mean[i], q.mean, q.z))
       posteriors.append(q)
       if i < len(self.q_proj):
         h_in, aux = self.q_proj[i](q.z), h
     return tuple(posteriors)
 
-  def _top_down(self, posteriors: Optional[Sequence[Gaussian]], n_skip, key: Array,
+  def _top_down(self, posteriors: Optional[Sequence[Gaussian]], n_skip, key: Optional[Array],
                 batch: int) -> tuple[Array, tuple[Array, ...]]:
     """Top-down pass. Returns the last features d `[batch, H, W, c]` and the KL terms.
 
-    Latent i takes the posterior sample z_i ~ q unless it is among the `n_skip` lowest, or no
+    Latent i takes the posterior's z_i unless it is among the `n_skip` lowest, or no
     posteriors are given (sampling); then it comes from its conditional prior p(z_i | z_>i)
-    (its mean with skip_mode='mean', as the reference, or a sample) and its KL is dropped.
+    (its mean with skip_mode='mean', as the reference, or without a key; else a sample) and
+    its KL is dropped.
     """
     n = len(self.latents)
     from_prior = (jnp.ones((n,), bool) if posteriors is None
                   else use_prior_mask(self.latent_layers, n_skip))
-    keys = jax.random.split(key, n)
+    keys = split_key(key, n)
+    sample_prior = key is not None and (posteriors is None or self.skip_mode == "sample")
     d, aux_list, kls = None, None, [None] * n
     for i in reversed(range(n)):
       if i == n - 1:
@@ -115,7 +119,6 @@ class HVAE(HierarchicalModel):
       else:
         p = self.p_latents[i](d, None)
         p_mean, p_std = p.mean, p.std
-      sample_prior = posteriors is None or self.skip_mode == "sample"
       z_p = dist.gaussian_sample(keys[i], p_mean, p_std) if sample_prior else p_mean
       if posteriors is None:
         z = z_p
