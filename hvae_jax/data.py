@@ -530,11 +530,7 @@ def shard_to_mesh(x: Any, mesh: Mesh, axis_name: str = "data") -> Any:
 def global_batch(x: np.ndarray, mesh: Mesh, axis_name: str = "data") -> jax.Array:
   """`x` `[batch, ...]`, which every process holds whole, as one array sharded on its batch
   axis over `mesh`: each process places only the rows of its own devices (several hosts too)."""
-  if len(x) % mesh.shape[axis_name]:
-    raise ValueError(f"Batch size {len(x)} is not divisible by mesh axis {axis_name!r} of "
-                     f"size {mesh.shape[axis_name]}.")
-  sharding = NamedSharding(mesh, PartitionSpec(axis_name))
-  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return from_process_rows(x[process_rows(len(x), mesh, axis_name)], len(x), mesh, axis_name)
 
 
 def process_rows(batch_size: int, mesh: Mesh, axis_name: str = "data") -> slice:

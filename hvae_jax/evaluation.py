@@ -203,9 +203,10 @@ def evaluate(trained: TrainedModel, settings: EvalSettings, options: EvalOptions
   score_cache = cache.ScoreCache(out_dir, use=options.use_cache)
   baseline = dataclasses.replace(options.baseline, chunk_size=c.eval.chunk_size,
                                  batch_size=settings.batch_size, seed=settings.seed)
+  n_eval = len(in_test) if settings.max_examples < 0 else min(settings.max_examples,
+                                                                len(in_test))  # as `limit`
   extra = competing.make_scorer(
-      trained, options.scores, in_train, len(limit(in_test, settings.max_examples,
-                                                   settings.seed)), baseline,
+      trained, options.scores, in_train, n_eval, baseline,
       background=options.background, ensemble=options.ensemble, score_cache=score_cache,
       progress=options.progress)
   results = run(trained, c.data.name, in_test, in_train, ood_sets, settings, out_dir,
