@@ -132,7 +132,10 @@ def _settings(trained: TrainedModel, args: argparse.Namespace) -> tuple[list[int
   """The ks and importance samples to score with: the threshold's unless the flags say."""
   from hvae_jax import api  # pylint: disable=import-outside-toplevel
   th = trained.threshold
-  ks = sorted(set(trained.check_ks(args.k)) | ({th["k"]} if th else set()))
+  if not th:  # every k unless --k picks some
+    ks = sorted(trained.check_ks(args.k))
+  else:  # the threshold's k, plus any --k
+    ks = sorted(set(trained.check_ks(args.k) if args.k else ()) | {th["k"]})
   if args.iw_samples:
     return ks, {"iw_samples": args.iw_samples, "iw_samples_lk": args.iw_samples}
   if th:
