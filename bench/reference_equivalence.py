@@ -235,7 +235,8 @@ def parent_main(a):
     cmd = [a.ref_python, os.path.abspath(__file__), "--_role", "ref"] + [
         f"--{k}={getattr(a, k)}" for k in ("work_dir", "ref_bench", "seed", "train_steps",
                                             "batch", "eval_batch", "reference_model")]
-    info = run_child(cmd + [f"--threads={len(cpus)}"], env, cpus, "reference: scores")
+    info = run_child(cmd + [f"--threads={len(cpus)}"], env, cpus, "reference: scores",
+                     busy_probe_s=3.0)
     ref = dict(np.load(os.path.join(a.work_dir, "reference_scores.npz")))
     config = load_config(os.path.join(REPO, "configs", "fmnist_hvae.py"), [])
     ported = port.convert(info["model_dir"], config, os.path.join(tmp, "ported"))

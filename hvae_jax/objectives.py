@@ -13,6 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from hvae_jax import distributions as dist
 from hvae_jax.models.common import ModelOutput
 
 Array = jax.Array
@@ -20,7 +21,7 @@ Array = jax.Array
 
 def kl_per_latent(out: ModelOutput) -> Array:
   """`[batch, n_latents]`: each latent's KL summed over its dimensions."""
-  return jnp.stack([k.reshape(k.shape[0], -1).sum(-1) for k in out.kl], axis=-1)
+  return jnp.stack([dist.sum_per_example(k) for k in out.kl], axis=-1)
 
 
 def bound(out: ModelOutput) -> Array:

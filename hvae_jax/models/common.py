@@ -116,8 +116,8 @@ class Likelihood(nn.Module):
     """log p(x | d) summed over pixels: `[batch]`."""
     p = self.params_from(d)
     if self.kind == "bernoulli":
-      return jnp.sum(dist.bernoulli_log_prob(x.astype(jnp.float32), p), axis=(1, 2, 3))
-    return jnp.sum(dist.dmol_log_prob(x, p, self.num_mix), axis=(1, 2))
+      return dist.sum_per_example(dist.bernoulli_log_prob(x.astype(jnp.float32), p))
+    return dist.sum_per_example(dist.dmol_log_prob(x, p, self.num_mix))
 
   def sample_image(self, d: Array, key: Array) -> Array:
     """An image from p(x | d): Bernoulli means in [0, 1] (greyscale) or uint8 samples."""
