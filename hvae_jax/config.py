@@ -48,11 +48,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.likelihood = "bernoulli"  # 'bernoulli' (greyscale) or 'dmol' (colour)
   c.model.num_mix = 10
   c.model.activation = "relu"  # residual blocks
-  # Before the latent layers' and the likelihood's parameter layers. The defaults are what
-  # every model here was trained with; the reference applies model.activation (ReLU) there
-  # too, so a model ported from it (hvae_jax/port.py) has 'relu' for both.
-  c.model.latent_activation = "elu"
-  c.model.likelihood_activation = "leaky_relu"
+  # Before the latent layers' and the likelihood's parameter layers: ReLU, as the reference
+  # (hvae-oodd applies its one activation everywhere; bench/RESULTS.md, reference equivalence).
+  # Checkpoints saved before these keys existed had ELU / leaky ReLU (_SAVED_BEFORE_THE_KEY).
+  c.model.latent_activation = "relu"
+  c.model.likelihood_activation = "relu"
   c.model.latent_kernel = 3
   c.model.upsample = "subpixel"  # 'subpixel' (fast on CPU) or 'transpose': same function
   c.model.skip_mode = "mean"  # z_{<=k} in L^{>k}: prior 'mean' (reference) or 'sample'
@@ -115,10 +115,19 @@ def _get(c: ml_collections.ConfigDict, dotted: str):
   return c
 
 
+# Keys whose default is not what checkpoints saved before the key existed were trained with.
+_SAVED_BEFORE_THE_KEY = {("model", "latent_activation"): "elu",
+                         ("model", "likelihood_activation"): "leaky_relu"}
+
+
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
   """A config saved with a checkpoint (config.json), laid over `base_config()`: checkpoints
-  written before a key existed load with that key's default (e.g. data.perturb_rate = 0)."""
+  written before a key existed load with that key's default (e.g. data.perturb_rate = 0), or
+  with the value they were trained with where the default has changed since."""
   c = base_config()
+  for (section, key), value in _SAVED_BEFORE_THE_KEY.items():
+    if section in saved and key not in saved[section]:
+      c[section][key] = value
   c.update(saved)
   return c
 

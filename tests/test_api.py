@@ -72,6 +72,25 @@ def test_base_config_and_load_config():
     hvae_jax.load_config("configs/missing.py")
 
 
+def test_saved_configs_from_before_the_activation_keys_keep_their_activations():
+  """The paper configs now use the reference's ReLU before the latent layers and the
+  likelihood; a checkpoint saved before those keys existed was trained with ELU / leaky ReLU
+  and must load with them, while a saved value (or a new checkpoint's) is kept as saved."""
+  from hvae_jax import config as config_lib
+  assert hvae_jax.base_config().model.latent_activation == "relu"
+  saved = hvae_jax.load_config("fmnist_hvae").to_dict()
+  for key in ("latent_activation", "likelihood_activation"):
+    del saved["model"][key]
+  old = config_lib.from_saved(saved)
+  assert (old.model.latent_activation, old.model.likelihood_activation) == ("elu", "leaky_relu")
+  saved["model"]["latent_activation"] = "swish"
+  assert config_lib.from_saved(saved).model.latent_activation == "swish"
+  new = config_lib.from_saved(hvae_jax.load_config("fmnist_hvae").to_dict())
+  assert (new.model.latent_activation, new.model.likelihood_activation) == ("relu", "relu")
+  shipped = hvae_jax.load_model(os.path.join(REPO, "pretrained", "fmnist_hvae_small"))
+  assert shipped.config.model.latent_activation == "elu"
+
+
 def test_build_model_defaults_to_the_datasets_image_shape():
   import jax
   from hvae_jax import data

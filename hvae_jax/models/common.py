@@ -180,8 +180,8 @@ class HierarchicalModel(nn.Module):
   likelihood: str = "bernoulli"
   num_mix: int = 10
   activation: str = "relu"
-  latent_activation: str = "elu"
-  likelihood_activation: str = "leaky_relu"
+  latent_activation: str = "relu"
+  likelihood_activation: str = "relu"
   latent_kernel: int = 3
   upsample: str = "transpose"
   skip_mode: str = "mean"
