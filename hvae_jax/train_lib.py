@@ -360,6 +360,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     nonfinite = _NonFiniteSteps(t.nan_policy, workdir)
     t0, seen = time.time(), 0
     saved_on_interrupt = False
+    # Every process stops at the same step, whichever of them got the signal.
+    agreement = multihost.StopAgreement(start)
+    cleanup.callback(agreement.close)
     try:
       with _StopOnInterrupt() as interrupt:
         for step, batch in batches.iterate(start):
@@ -370,10 +373,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           nonfinite.add(metrics["finite"], step)
           seen += t.batch_size
           done = step + 1
+          stop_now = agreement.should_stop(done, interrupt.requested)
           log_now = done % t.log_every_steps == 0 or done == total_steps
           eval_now = done % eval_every == 0 or done == total_steps
           save_now = done % t.checkpoint_every_steps == 0 or done == total_steps
-          if log_now or eval_now or save_now or interrupt.requested:
+          if log_now or eval_now or save_now or stop_now:
             nonfinite.check(done, last_saved)
           if log_now:
             s = _scalars(metrics)
@@ -384,7 +388,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                             kl="/".join(f"{s[k]:.1f}" for k in sorted(s) if k.startswith("kl_")),
                             ex_s=f"{s['examples_per_s']:.0f}")
           bar.update(1)
-          if interrupt.requested:
+          if stop_now:
             ckpt.save(done, state, metadata, force=True)
             saved_on_interrupt = True
             bar.write(f"Interrupted: saved step {done} in {workdir}; rerun the same command "
