@@ -73,15 +73,21 @@ def initialize_problem(coordinator_address: Optional[str], num_processes: Option
 
 
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None) -> None:
-  """`jax.distributed.initialize`, with the arguments given (checked first) or auto-detected."""
+               process_id: Optional[int] = None, heartbeat_timeout_s: int = 100) -> None:
+  """`jax.distributed.initialize`, with the arguments given (checked first) or auto-detected.
+
+  A process that dies without a word (SIGKILL, a lost host) stops sending heartbeats; after
+  `heartbeat_timeout_s` (JAX's default, 100) the coordinator aborts every other process, so
+  none waits forever in a collective.
+  """
   problem = initialize_problem(coordinator_address, num_processes, process_id)
   if problem:
     raise ValueError(problem)
   import jax  # pylint: disable=import-outside-toplevel
   try:
     jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+                               num_processes=num_processes, process_id=process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s)
   except ValueError as e:
     if coordinator_address is not None:
       raise

@@ -300,10 +300,11 @@ def _make_workdir(workdir: str) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config` in `workdir`, resuming from its newest intact checkpoint if there is one.
 
-  Ctrl-C saves the last completed step and stops (KeyboardInterrupt); a second one quits
-  without saving. With several processes (after `jax.distributed.initialize()`) every one
+  Ctrl-C or SIGTERM saves the last completed step and stops (KeyboardInterrupt); a second one
+  quits without saving. With several processes (after `jax.distributed.initialize()`) every one
   calls this with the same config and a shared `workdir`; each reads only its rows of every
-  global batch, and process 0 alone writes the logs, samples and config.json.
+  global batch, and process 0 alone writes the logs, samples and config.json. A signal to any
+  of them stops all at one agreed step (`multihost.StopAgreement`), each saying so.
   """
   config_lib.validate(config)
   t = config.train
@@ -341,7 +342,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   eval_key = jax.random.key(config.seed + 2)
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
-  with contextlib.ExitStack() as cleanup:  # unwinds last to first: bar, writer, wait, close
+  with contextlib.ExitStack() as cleanup:  # unwinds last to first: stop agreement, bar,
+    # writer, wait, close
     ckpt = cleanup.enter_context(checkpoints.Checkpointer(
         os.path.join(workdir, checkpoints.CHECKPOINT_SUBDIR), t.keep_checkpoints))
     cleanup.callback(ckpt.wait)  # every started save is on disk, or its error raised

@@ -21,7 +21,8 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 def main(process_id: int, num_processes: int, port: int, workdir: str, max_steps: int,
          scores_path: str) -> None:
   from hvae_jax import multihost  # pylint: disable=import-outside-toplevel
-  multihost.initialize(f"127.0.0.1:{port}", num_processes, process_id)
+  # A short heartbeat: a killed peer aborts the other process in seconds, not JAX's 100.
+  multihost.initialize(f"127.0.0.1:{port}", num_processes, process_id, heartbeat_timeout_s=20)
   from hvae_jax import api, train_lib  # pylint: disable=import-outside-toplevel
   from tests import helpers  # pylint: disable=import-outside-toplevel
   try:
