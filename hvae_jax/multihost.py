@@ -84,6 +84,10 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   if problem:
     raise ValueError(problem)
   import jax  # pylint: disable=import-outside-toplevel
+  # JAX's preemption service catches SIGTERM in C++ for its own sync points, which nothing
+  # here polls: a SIGTERM outside training (loading, compiling, evaluate.py) would be
+  # swallowed. Off, SIGTERM acts as in one process; training stops via `StopAgreement`.
+  jax.config.update("jax_enable_preemption_service", False)
   try:
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id,
