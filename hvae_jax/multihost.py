@@ -184,7 +184,8 @@ class StopAgreement:
 
   def should_stop(self, done: int, requested: bool) -> bool:
     """At the boundary after step `done`: whether to save and stop here. `requested`: this
-    process was asked to stop. Raises RuntimeError if a process gave no step in time."""
+    process was asked to stop. Raises TimeoutError (an OSError: train.py's one error line)
+    if a process gave no step in time."""
     if self._watcher is None:
       return requested
     if requested and not self._asked:
@@ -196,7 +197,7 @@ class StopAgreement:
              and self._error is None):
         self._cond.wait()
       if self._error is not None and self._stop_at is None:
-        raise RuntimeError(self._error)
+        raise TimeoutError(self._error)
       return self._stop_at is not None and done >= self._stop_at
 
   def close(self) -> None:
