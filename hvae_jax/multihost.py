@@ -1,5 +1,5 @@
 """Several processes (hosts) in one run: starting JAX's distributed runtime, checking that
-every process was given the same config.
+every process was given the same config, agreeing on the step where all stop.
 
 Every process runs the same program on its own devices; JAX connects them through a
 coordinator (process 0's address). On TPU pods, SLURM and the like `jax.distributed.initialize()`
@@ -8,7 +8,9 @@ hosts started by hand) all three are given explicitly.
 """
 from __future__ import annotations
 
+import itertools
 import json
+import threading
 from typing import Optional
 
 import ml_collections
@@ -71,15 +73,25 @@ def initialize_problem(coordinator_address: Optional[str], num_processes: Option
 
 
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None) -> None:
-  """`jax.distributed.initialize`, with the arguments given (checked first) or auto-detected."""
+               process_id: Optional[int] = None, heartbeat_timeout_s: int = 100) -> None:
+  """`jax.distributed.initialize`, with the arguments given (checked first) or auto-detected.
+
+  A process that dies without a word (SIGKILL, a lost host) stops sending heartbeats; after
+  `heartbeat_timeout_s` (JAX's default, 100) the coordinator aborts every other process, so
+  none waits forever in a collective.
+  """
   problem = initialize_problem(coordinator_address, num_processes, process_id)
   if problem:
     raise ValueError(problem)
   import jax  # pylint: disable=import-outside-toplevel
+  # JAX's preemption service catches SIGTERM in C++ for its own sync points, which nothing
+  # here polls: a SIGTERM outside training (loading, compiling, evaluate.py) would be
+  # swallowed. Off, SIGTERM acts as in one process; training stops via `StopAgreement`.
+  jax.config.update("jax_enable_preemption_service", False)
   try:
     jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+                               num_processes=num_processes, process_id=process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s)
   except ValueError as e:
     if coordinator_address is not None:
       raise
@@ -126,3 +138,111 @@ def check_same_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"the processes disagree on the config: {key}={other.get(key, '<unset>')!r} "
                          f"on process {p} but {first.get(key, '<unset>')!r} on process 0; start "
                          "every process with the same config and flags.")
+
+
+# -- stopping together ----------------------------------------------------------------------
+
+_RUNS = itertools.count()  # every process trains in the same order: the same id for one run
+_POLL_MS = 500  # how long the watcher waits for a request before checking training still runs
+_ANSWER_MS = 300_000  # a process that gives no step this long after a request is gone or hung
+
+
+class StopAgreement:
+  """Agrees on one step at which every process stops once any of them was asked to (a signal),
+  so that all of them take part in the same (collective) checkpoint save.
+
+  A signal may reach one process (`kill`, Ctrl-C) or all at slightly different steps (SLURM):
+  stopping each where it is would leave the others waiting in the next step's collectives, or
+  saving different steps. The protocol is the one of JAX's own preemption sync manager (TSL),
+  here for any signal: the asked process sets a request key in jax.distributed's key-value
+  store; a watcher thread in every process waits for that key, then publishes the last step
+  boundary its training loop passed, and reads every process's; all stop at the largest plus
+  one. The watchers, not the loops, exchange the steps: a loop may be blocked in a step that
+  waits on another process's next step, so an exchange inside the loop (a barrier, an
+  allgather) could deadlock. A loop goes at most one boundary past the step it published (it
+  waits there for the answer), so no loop is past the agreed step. A process that leaves the
+  loop (done, or an error) publishes its last step too, so a late request still gets every
+  answer. The loop itself only takes a lock per step: no host sync, no RPC, and nothing at all
+  with one process.
+  """
+
+  def __init__(self, step: int):
+    import jax  # pylint: disable=import-outside-toplevel
+    self._me, self._n = jax.process_index(), jax.process_count()
+    self._prefix = f"hvae_jax/stop/{next(_RUNS)}"
+    self._cond = threading.Condition()
+    self._done = step  # the last step boundary the loop passed
+    self._published: Optional[int] = None
+    self._stop_at: Optional[int] = None
+    self._error: Optional[str] = None
+    self._asked = False
+    self._closing = threading.Event()
+    self._watcher: Optional[threading.Thread] = None
+    if self._n > 1:
+      self._watcher = threading.Thread(target=self._watch, daemon=True, name="stop-agreement")
+      self._watcher.start()
+
+  def should_stop(self, done: int, requested: bool) -> bool:
+    """At the boundary after step `done`: whether to save and stop here. `requested`: this
+    process was asked to stop. Raises TimeoutError (an OSError: train.py's one error line)
+    if a process gave no step in time."""
+    if self._watcher is None:
+      return requested
+    if requested and not self._asked:
+      self._asked = True  # several may ask at once: the first request serves them all
+      _client().key_value_set(f"{self._prefix}/request", str(self._me), allow_overwrite=True)
+    with self._cond:
+      self._done = done
+      while (self._published is not None and done > self._published and self._stop_at is None
+             and self._error is None):
+        self._cond.wait()
+      if self._error is not None and self._stop_at is None:
+        raise TimeoutError(self._error)
+      return self._stop_at is not None and done >= self._stop_at
+
+  def close(self) -> None:
+    """After the loop: publishes its last step (for a request still to come), ends the watcher."""
+    if self._watcher is None:
+      return
+    self._closing.set()
+    try:
+      self._publish()
+    except Exception:  # pylint: disable=broad-except
+      pass  # the coordinator is gone: nobody can be waiting for this step
+    # Within a poll once no request came; a watcher still waiting for a lost process's step
+    # is left behind (a daemon): this process needs no answer any more.
+    self._watcher.join(timeout=2 * _POLL_MS / 1000)
+
+  def _publish(self) -> None:
+    with self._cond:
+      if self._published is not None:
+        return
+      self._published = self._done
+    _client().key_value_set(f"{self._prefix}/step/{self._me}", str(self._published))
+
+  def _watch(self) -> None:
+    client = _client()
+    while True:
+      try:
+        client.blocking_key_value_get(f"{self._prefix}/request", _POLL_MS)
+        break
+      except Exception as e:  # pylint: disable=broad-except
+        if self._closing.is_set() or "DEADLINE_EXCEEDED" not in str(e):
+          return  # training is over, or the coordinator is gone (training fails on its own)
+    try:
+      self._publish()
+      steps = [int(client.blocking_key_value_get(f"{self._prefix}/step/{p}", _ANSWER_MS))
+               for p in range(self._n)]
+      with self._cond:
+        self._stop_at = max(steps) + 1
+        self._cond.notify_all()
+    except Exception as e:  # pylint: disable=broad-except
+      with self._cond:
+        self._error = (f"a process gave no step to stop at within {_ANSWER_MS // 1000} s of a "
+                       f"stop request ({str(e).splitlines()[0]}); it was lost or hangs.")
+        self._cond.notify_all()
+
+
+def _client():
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  return distributed.global_state.client

@@ -300,10 +300,11 @@ def _make_workdir(workdir: str) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config` in `workdir`, resuming from its newest intact checkpoint if there is one.
 
-  Ctrl-C saves the last completed step and stops (KeyboardInterrupt); a second one quits
-  without saving. With several processes (after `jax.distributed.initialize()`) every one
+  Ctrl-C or SIGTERM saves the last completed step and stops (KeyboardInterrupt); a second one
+  quits without saving. With several processes (after `jax.distributed.initialize()`) every one
   calls this with the same config and a shared `workdir`; each reads only its rows of every
-  global batch, and process 0 alone writes the logs, samples and config.json.
+  global batch, and process 0 alone writes the logs, samples and config.json. A signal to any
+  of them stops all at one agreed step (`multihost.StopAgreement`), each saying so.
   """
   config_lib.validate(config)
   t = config.train
@@ -341,7 +342,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   eval_key = jax.random.key(config.seed + 2)
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
-  with contextlib.ExitStack() as cleanup:  # unwinds last to first: bar, writer, wait, close
+  with contextlib.ExitStack() as cleanup:  # unwinds last to first: stop agreement, bar,
+    # writer, wait, close
     ckpt = cleanup.enter_context(checkpoints.Checkpointer(
         os.path.join(workdir, checkpoints.CHECKPOINT_SUBDIR), t.keep_checkpoints))
     cleanup.callback(ckpt.wait)  # every started save is on disk, or its error raised
@@ -360,6 +362,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     nonfinite = _NonFiniteSteps(t.nan_policy, workdir)
     t0, seen = time.time(), 0
     saved_on_interrupt = False
+    # Every process stops at the same step, whichever of them got the signal.
+    agreement = multihost.StopAgreement(start)
+    cleanup.callback(agreement.close)
     try:
       with _StopOnInterrupt() as interrupt:
         for step, batch in batches.iterate(start):
@@ -370,10 +375,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           nonfinite.add(metrics["finite"], step)
           seen += t.batch_size
           done = step + 1
+          stop_now = agreement.should_stop(done, interrupt.requested)
           log_now = done % t.log_every_steps == 0 or done == total_steps
           eval_now = done % eval_every == 0 or done == total_steps
           save_now = done % t.checkpoint_every_steps == 0 or done == total_steps
-          if log_now or eval_now or save_now or interrupt.requested:
+          if log_now or eval_now or save_now or stop_now:
             nonfinite.check(done, last_saved)
           if log_now:
             s = _scalars(metrics)
@@ -384,7 +390,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                             kl="/".join(f"{s[k]:.1f}" for k in sorted(s) if k.startswith("kl_")),
                             ex_s=f"{s['examples_per_s']:.0f}")
           bar.update(1)
-          if interrupt.requested:
+          if stop_now:
             ckpt.save(done, state, metadata, force=True)
             saved_on_interrupt = True
             bar.write(f"Interrupted: saved step {done} in {workdir}; rerun the same command "

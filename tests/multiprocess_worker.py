@@ -1,6 +1,6 @@
 """One process of the multi-process test (tests/test_multiprocess.py): joins the run, trains
 the tiny config to `max_steps` in a shared workdir (resuming from its checkpoint), scores test
-images; process 0 writes the scores.
+images; process 0 writes the scores. Stopped by a signal, it exits 130 as train.py does.
 
 python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR MAX_STEPS SCORES.npz
 """
@@ -21,10 +21,14 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 def main(process_id: int, num_processes: int, port: int, workdir: str, max_steps: int,
          scores_path: str) -> None:
   from hvae_jax import multihost  # pylint: disable=import-outside-toplevel
-  multihost.initialize(f"127.0.0.1:{port}", num_processes, process_id)
+  # A short heartbeat: a killed peer aborts the other process in seconds, not JAX's 100.
+  multihost.initialize(f"127.0.0.1:{port}", num_processes, process_id, heartbeat_timeout_s=20)
   from hvae_jax import api, train_lib  # pylint: disable=import-outside-toplevel
   from tests import helpers  # pylint: disable=import-outside-toplevel
-  train_lib.train_and_evaluate(helpers.multiprocess_config(max_steps), workdir)
+  try:
+    train_lib.train_and_evaluate(helpers.multiprocess_config(max_steps), workdir)
+  except KeyboardInterrupt:  # SIGTERM: saved (train_lib said which step); train.py's code
+    sys.exit(130)
   scores = api.load_model(workdir).score(helpers.fmnist_slice(helpers.MULTIPROCESS_IMAGES))
   if jax.process_index() == 0:
     np.savez(scores_path, **scores)
