@@ -36,19 +36,26 @@ def _weight_norm(module: nn.Module, shape: tuple[int, ...], x: Array,
 
   `v` has the output features on its last axis. As hvae-oodd (and Salimans & Kingma), the
   first call (`init`) sets g and b from the batch it sees, so every output feature starts
-  with zero mean and unit variance: deep residual stacks then start at a sane scale. Since
-  `apply` is linear in the kernel, g scales the output, not the kernel: one conv either way.
+  with zero mean and unit variance: deep residual stacks then start at a sane scale. Init
+  needs the output of the unscaled direction first, so it scales that output; afterwards g
+  scales the kernel, as the reference does: no pass over the activations for g, and its
+  gradient comes from the small kernel gradient instead of a reduction over the activations
+  (bench/RESULTS.md, train-step profile). `apply` is linear in the kernel: the same function.
   """
   v = module.param("kernel", nn.initializers.he_normal(), shape, jnp.float32)
   direction = v / jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(v), axis=tuple(range(len(shape) - 1))),
                                        1e-12))
-  y = apply(x.astype(dtype), direction.astype(dtype)).astype(jnp.float32)
-  axes = tuple(range(y.ndim - 1))
-  # Init functions run only at init (and abstractly, for flax's shape check, at apply).
-  inv_std = lambda: jax.lax.rsqrt(jnp.var(y, axes) + 1e-8)
-  g = module.param("scale", lambda _: inv_std())
-  b = module.param("bias", lambda _: -jnp.mean(y, axes) * inv_std())
-  return (y * g + b).astype(dtype)
+  if module.is_initializing():
+    y = apply(x.astype(dtype), direction.astype(dtype)).astype(jnp.float32)
+    axes = tuple(range(y.ndim - 1))
+    inv_std = jax.lax.rsqrt(jnp.var(y, axes) + 1e-8)
+    g = module.param("scale", lambda _: inv_std)
+    b = module.param("bias", lambda _: -jnp.mean(y, axes) * inv_std)
+    return (y * g + b).astype(dtype)
+  g = module.param("scale", nn.initializers.ones, (shape[-1],), jnp.float32)
+  b = module.param("bias", nn.initializers.zeros, (shape[-1],), jnp.float32)
+  y = apply(x.astype(dtype), (direction * g).astype(dtype)).astype(jnp.float32)
+  return (y + b).astype(dtype)
 
 
 _DN = ("NHWC", "HWIO", "NHWC")

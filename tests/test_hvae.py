@@ -6,7 +6,7 @@ import pytest
 
 from hvae_jax import data, objectives
 from hvae_jax.config import base_config
-from hvae_jax.layers import count_params
+from hvae_jax.layers import WNConv, WNDense, conv2d_same, count_params
 from hvae_jax.models import build_model
 from tests.helpers import fmnist_slice, tiny_config, tiny_model_and_params
 
@@ -112,11 +112,41 @@ def test_bad_strides_give_clear_error():
 
 
 def test_head_activations_are_knobs():
-  """latent_/likelihood_activation change the function, not the parameters (a port from the
-  reference sets both to its 'relu')."""
+  """latent_/likelihood_activation change the function, not the parameters (the shipped small
+  model keeps its 'elu' / 'leaky_relu' under the same parameter tree)."""
   model, params = tiny_model_and_params()
   x = _x()
   base = objectives.bound(model.apply({"params": params}, x, None))
   for field in ("latent_activation", "likelihood_activation"):
-    other = model.clone(**{field: "relu"})
+    other = model.clone(**{field: "swish"})
     assert not np.allclose(objectives.bound(other.apply({"params": params}, x, None)), base)
+
+
+@pytest.mark.parametrize("layer", ["conv", "conv_transpose", "dense"])
+def test_weight_norm_scales_the_kernel_as_the_output_scaled_form(layer):
+  """After init, g scales the kernel (the reference's form, cheaper on CPU); the function and
+  its gradients equal conv(x, v / ||v||) * g + b, the form the data-dependent init uses."""
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+  mod = {"conv": WNConv(5, 3, 2), "conv_transpose": WNConv(5, 3, 2, True, "subpixel"),
+         "dense": WNDense(5)}[layer]
+  params = mod.init(jax.random.key(1), x)["params"]
+  params = {**params, "scale": params["scale"] * jnp.linspace(0.5, 2.0, 5)}
+
+  def output_scaled(p, x):
+    v = p["kernel"]
+    d = v / jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(v.ndim - 1))))
+    if layer == "conv":
+      y = conv2d_same(x, d, 2)
+    elif layer == "dense":
+      y = x.reshape(x.shape[0], -1) @ d
+    else:
+      y = jax.lax.conv_transpose(x, d, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y * p["scale"] + p["bias"]
+
+  loss = lambda f: lambda p: jnp.sum(jnp.sin(f(p, x)))
+  got = mod.apply({"params": params}, x)
+  np.testing.assert_allclose(got, output_scaled(params, x), rtol=1e-5, atol=1e-5)
+  g_got = jax.grad(loss(lambda p, x: mod.apply({"params": p}, x)))(params)
+  g_want = jax.grad(loss(output_scaled))(params)
+  for k in params:
+    np.testing.assert_allclose(g_got[k], g_want[k], rtol=1e-4, atol=1e-5)
