@@ -158,24 +158,11 @@ def thunk_times(trace_dir: str) -> dict:
 
 
 def ours_main(a):
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
-  from bench.train_step import load_config  # pylint: disable=import-outside-toplevel
-  from hvae_jax import data, train_lib  # pylint: disable=import-outside-toplevel
-  from hvae_jax.models import build_model  # pylint: disable=import-outside-toplevel
   import time  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from bench.train_step import load_config, setup  # pylint: disable=import-outside-toplevel
 
-  c = load_config(os.path.join(REPO, a.config), a.set)
-  spec = data.DATASETS[c.data.name]
-  model = build_model(c, spec.image_shape)
-  x = np.random.default_rng(0).integers(0, 256, (a.batch, *spec.image_shape), dtype=np.uint8)
-  state = train_lib.init_state(model, c, train_lib.eval_images(x, spec.kind, 0))
-  mesh = data.make_data_mesh()
-  state = jax.device_put(state, NamedSharding(mesh, P()))
-  step = train_lib.make_data_parallel(
-      train_lib.make_train_step(model, c, -(-60000 // a.batch), spec.kind), mesh)
-  xb, key = data.shard_to_mesh(x, mesh), jax.random.key(1)
+  step, state, xb, key = setup(load_config(os.path.join(REPO, a.config), a.set), a.batch)
   compiled = step.lower(state, xb, key).compile()
   index = hlo_index(compiled.as_text())
   for _ in range(2):

@@ -38,6 +38,21 @@ def load_config(path, overrides):
   return c
 
 
+def setup(c, batch_size: int):
+  """The jitted data-parallel train step of config `c`, its state, one random batch of
+  `batch_size` (binarized or uint8 as the data set) on the mesh, and a key."""
+  spec = data.DATASETS[c.data.name]
+  model = build_model(c, spec.image_shape)
+  batch = np.random.default_rng(0).integers(0, 256, (batch_size, *spec.image_shape),
+                                            dtype=np.uint8)
+  state = train_lib.init_state(model, c, train_lib.eval_images(batch, spec.kind, 0))
+  mesh = data.make_data_mesh()
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  step = train_lib.make_data_parallel(
+      train_lib.make_train_step(model, c, -(-60000 // batch_size), spec.kind), mesh)
+  return step, state, data.shard_to_mesh(batch, mesh), jax.random.key(0)
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--config", default="configs/fmnist_hvae.py")
@@ -45,18 +60,7 @@ def main():
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
   a = ap.parse_args()
-  c = load_config(a.config, a.set)
-  shape = data.DATASETS[c.data.name].image_shape
-  kind = data.DATASETS[c.data.name].kind
-  model = build_model(c, shape)
-  rng = np.random.default_rng(0)
-  batch = rng.integers(0, 256, (a.batch, *shape), dtype=np.uint8)
-  state = train_lib.init_state(model, c, train_lib.eval_images(batch, kind, 0))
-  mesh = data.make_data_mesh()
-  state = jax.device_put(state, NamedSharding(mesh, P()))
-  step = train_lib.make_data_parallel(train_lib.make_train_step(model, c, 1000, kind), mesh)
-  key = jax.random.key(0)
-  xb = data.shard_to_mesh(batch, mesh)
+  step, state, xb, key = setup(load_config(a.config, a.set), a.batch)
   t0 = time.time()
   compiled = step.lower(state, xb, key).compile()
   compile_s = time.time() - t0
