@@ -158,26 +158,18 @@ def thunk_times(trace_dir: str) -> dict:
 
 
 def ours_main(a):
-  import time  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  from bench.train_step import load_config, setup  # pylint: disable=import-outside-toplevel
+  from bench.train_step import load_config, run_steps, setup  # pylint: disable=import-outside-toplevel
 
   step, state, xb, key = setup(load_config(os.path.join(REPO, a.config), a.set), a.batch)
   compiled = step.lower(state, xb, key).compile()
   index = hlo_index(compiled.as_text())
-  for _ in range(2):
-    state, m = compiled(state, xb, key)
-  jax.block_until_ready(m)
-  t0 = time.perf_counter()
-  for _ in range(a.iters):
-    state, m = compiled(state, xb, key)
-  jax.block_until_ready(m)
-  step_ms = (time.perf_counter() - t0) / a.iters * 1e3
+  state, _ = run_steps(compiled, state, xb, key, 2)
+  state, seconds = run_steps(compiled, state, xb, key, a.iters)
+  step_ms = seconds / a.iters * 1e3
   with tempfile.TemporaryDirectory() as d:
     jax.profiler.start_trace(d, create_perfetto_trace=True)
-    for _ in range(a.iters):
-      state, m = compiled(state, xb, key)
-    jax.block_until_ready(m)
+    run_steps(compiled, state, xb, key, a.iters)
     jax.profiler.stop_trace()
     times = thunk_times(d)
   by_class = collections.Counter()
