@@ -72,7 +72,7 @@ def training_loss(out: ModelOutput, beta, budget) -> tuple[Array, dict[str, Arra
 
   Metrics report the plain ELBO (no free bits, beta = 1) so they are comparable across steps.
   """
-  kl_fb = jnp.stack([free_bits(k, budget).reshape(k.shape[0], -1).sum(-1) for k in out.kl], -1)
+  kl_fb = jnp.stack([dist.sum_per_example(free_bits(k, budget)) for k in out.kl], -1)
   loss = -jnp.mean(out.log_px - beta * kl_fb.sum(-1))
   kl = kl_per_latent(out)
   metrics = {
