@@ -71,7 +71,7 @@ def main():
   a = ap.parse_args()
   step, state, xb, key = setup(load_config(a.config, a.set), a.batch)
   t0 = time.time()
-  compiled = step.lower(state, xb, key).compile()
+  compiled = train_lib.compile_train_step(step, state, xb, key)
   compile_s = time.time() - t0
   temp_mb = compiled.memory_analysis().temp_size_in_bytes / 2**20
   state, _ = run_steps(compiled, state, xb, key, 1)

@@ -77,6 +77,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_examples = -1  # -1 = whole test split
   c.train.checkpoint_every_steps = 2000
   c.train.keep_checkpoints = 3
+  # A workdir or exported model (scripts/export_pretrained.py) whose parameters and step start
+  # a run that has no checkpoint yet, with a fresh optimizer state: to continue training
+  # from shipped parameters (e.g. pretrained/fmnist_hvae) where the optimizer state is gone.
+  c.train.init_from = ""
   c.train.sample_grid = 64  # prior samples saved as PNG at each evaluation (0 = none)
 
   c.eval = ml_collections.ConfigDict()

@@ -24,7 +24,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hvae_jax import batching, checkpoints, config as config_lib, data, multihost, objectives, plots
+from hvae_jax import (batching, checkpoints, config as config_lib, data, host_memory, multihost,
+                      objectives, plots)
 from hvae_jax.models import build_model
 
 Array = jax.Array
@@ -112,6 +113,16 @@ def make_data_parallel(step_fn: Callable, mesh: Mesh) -> Callable:
   sharded = NamedSharding(mesh, P("data"))
   return jax.jit(step_fn, in_shardings=(replicated, sharded, replicated),
                  out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def compile_train_step(train_step: Callable, state: TrainState, batch: Any, key: Array) -> Callable:
+  """The compiled `train_step` (from `make_data_parallel`) for `batch`'s shape and sharding
+  (an array or a `jax.ShapeDtypeStruct`), with the freed heap of the init pass and the compiler
+  handed back to the OS before the step's own buffers exist: the process then peaks at its
+  largest phase, not at their sum (host_memory)."""
+  compiled = train_step.lower(state, batch, key).compile()
+  host_memory.release_freed()
+  return compiled
 
 
 def make_eval_fn(model) -> Callable[[Any, Array, Array], Array]:
@@ -272,21 +283,40 @@ class _StopOnInterrupt:
 
 def initial_state(ckpt: checkpoints.Checkpointer, model, config: ml_collections.ConfigDict,
                   x_init: np.ndarray, sharding: NamedSharding) -> TrainState:
-  """The newest intact checkpoint in `ckpt`, restored straight into `sharding`, or a fresh init.
+  """The newest intact checkpoint in `ckpt`, restored straight into `sharding`; else the
+  parameters and step of `config.train.init_from` with a fresh optimizer state; else a fresh init.
 
   On resume only the shapes of the state are built (`jax.eval_shape`): the data-dependent init
   (minutes for BIVA) would be overwritten anyway. Newer corrupt steps are reported and moved
   aside (`Checkpointer.restore_newest_valid`).
   """
-  if ckpt.latest_step() is None:
+  init_from = config.train.init_from
+  if ckpt.latest_step() is None and not init_from:
     return jax.device_put(init_state(model, config, x_init), sharding)
   shapes = jax.eval_shape(functools.partial(init_state, model, config),
                           jax.ShapeDtypeStruct(x_init.shape, x_init.dtype))
+  if ckpt.latest_step() is None:
+    return jax.device_put(warm_start_state(init_from, shapes, config), sharding)
   target = jax.tree_util.tree_map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
   state, _ = ckpt.restore_newest_valid(target, report=lambda msg: print(f"warning: {msg}"))
   print(f"Resumed from step {int(state.step)} in {ckpt.directory}")
   return state
+
+
+def warm_start_state(path: str, shapes: TrainState, config: ml_collections.ConfigDict) -> TrainState:
+  """The parameters and step saved at `path` (a workdir, step directory or exported model),
+  checked against `shapes`, with a fresh optimizer state: the KL warm-up and free-bits
+  schedules go on from the saved step while Adam re-estimates its moments."""
+  try:
+    saved, meta = checkpoints.load_checkpoint_dir(path)
+    params = checkpoints.match_params(saved["params"], shapes.params, path, meta)
+  except checkpoints.CheckpointError as e:
+    raise ValueError(f"train.init_from={path}: {e}") from None
+  step = int(saved["step"])
+  print(f"Starting from the parameters of {path} (step {step}) with a fresh optimizer state")
+  return TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+                    opt_state=make_optimizer(config).init(params))
 
 
 def _make_workdir(workdir: str) -> None:
@@ -349,6 +379,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     cleanup.callback(ckpt.wait)  # every started save is on disk, or its error raised
     state = initial_state(ckpt, model, config, eval_images(init_images, kind, config.seed),
                           NamedSharding(mesh, P()))
+    train_step = compile_train_step(
+        train_step, state, jax.ShapeDtypeStruct((t.batch_size, *image_shape), train_images.dtype,
+                                                sharding=NamedSharding(mesh, P("data"))), root_key)
     if jax.process_index() == 0:
       with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(metadata, f, indent=1)
@@ -407,6 +440,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
               imgs = np.asarray(sample_fn({"params": local},
                                           jax.random.fold_in(eval_key, done), t.sample_grid))
               plots.image_grid(imgs, os.path.join(workdir, "samples", f"step_{done:08d}.png"))
+            host_memory.release_freed()  # the eval and sampling programs' compile heap
           if save_now:
             ckpt.save(done, state, metadata)
             last_saved = done

@@ -6,25 +6,34 @@ from __future__ import annotations
 
 import os
 
+# flag -> value, each measured on the paper model's CPU train step (bench/RESULTS.md):
+_DEFAULTS = {
+    # jaxlib 0.10 sends CPU convolutions to YNNPACK, which ran ours 2-10x slower than XLA's
+    # own kernels (train step 13 -> 22 examples/s).
+    "xla_cpu_experimental_ynn_fusion_type": "",
+    # The memory-minimising schedule: train-step scratch 826 -> 625 MB at the same speed (the
+    # concurrency-optimised default gains nothing on 2 cores).
+    "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
+}
+
 
 def apply_defaults() -> None:
-  """Turn off XLA:CPU's YNNPACK fusions unless the user set that flag in XLA_FLAGS.
+  """Adds each of `_DEFAULTS` to XLA_FLAGS unless the user set that flag there.
 
-  jaxlib 0.10 sends CPU convolutions to YNNPACK, which ran ours 2-10x slower than XLA's own
-  kernels on the 2-core AVX2 machines we measured (bench/RESULTS.md: train step 13 -> 22
-  examples/s). Set before JAX creates its CPU client, i.e. before the first computation;
-  jaxlib versions without the flag would abort on it, so they are left alone.
+  Set before JAX creates its CPU client, i.e. before the first computation. Only for
+  jaxlib >= 0.10: older versions lack these flags and would abort on them.
   """
   from importlib import metadata  # pylint: disable=import-outside-toplevel
-  flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_cpu_experimental_ynn_fusion_type" in flags:
-    return
   try:
     major, minor = (int(v) for v in metadata.version("jaxlib").split(".")[:2])
   except (metadata.PackageNotFoundError, ValueError):
     return
-  if (major, minor) >= (0, 10):
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_experimental_ynn_fusion_type=".strip()
+  if (major, minor) < (0, 10):
+    return
+  flags = os.environ.get("XLA_FLAGS", "")
+  added = [f"--{k}={v}" for k, v in _DEFAULTS.items() if k not in flags]
+  if added:
+    os.environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
 
 
 apply_defaults()

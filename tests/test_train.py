@@ -181,13 +181,36 @@ def test_resume_skips_the_init_and_falls_back_past_a_corrupt_step(tmp_path, monk
   _leaves_close(again.params, full.params, rtol=1e-5, atol=1e-6)
 
 
+def test_init_from_continues_from_saved_params_and_step_with_a_fresh_optimizer(tmp_path, capsys):
+  """train.init_from: a run whose optimizer state is gone (a shipped model) goes on training."""
+  first = train_lib.train_and_evaluate(_quick_config(max_steps=4), str(tmp_path / "a"))
+  config = _quick_config(max_steps=4, init_from=str(tmp_path / "a"))
+  start = train_lib.train_and_evaluate(config, str(tmp_path / "b"))
+  assert int(start.step) == 4
+  jax.tree_util.tree_map(np.testing.assert_array_equal, start.params, first.params)
+  assert all(not np.any(np.asarray(v)) for v in jax.tree_util.tree_leaves(start.opt_state))
+  config.train.max_steps = 6
+  more = train_lib.train_and_evaluate(config, str(tmp_path / "b"))
+  assert int(more.step) == 6 and _saved_steps(tmp_path / "b")[-1] == 6
+  capsys.readouterr()
+  again = train_lib.train_and_evaluate(config, str(tmp_path / "b"))  # b's checkpoint wins now
+  assert "Resumed from step 6" in capsys.readouterr().out
+  jax.tree_util.tree_map(np.testing.assert_array_equal, again.params, more.params)
+  assert not np.allclose(jax.tree_util.tree_leaves(more.params)[0],
+                         jax.tree_util.tree_leaves(first.params)[0])
+  other = _quick_config(max_steps=4, init_from=str(tmp_path / "a"))
+  other.model.latents = (("conv", 3), ("dense", 4), ("dense", 2))
+  with pytest.raises(ValueError, match=r"(?s)train.init_from=.*params/"):
+    train_lib.train_and_evaluate(other, str(tmp_path / "c"))
+
+
 def _wrap_step(monkeypatch, after_call):
   """Makes the loop's train step call `after_call(index, result)` after each real step."""
-  real = train_lib.make_data_parallel
+  real = train_lib.compile_train_step
   calls = []
 
-  def make(step_fn, mesh):
-    fn = real(step_fn, mesh)
+  def make(*args):
+    fn = real(*args)
 
     def step(*args):
       out = fn(*args)
@@ -196,7 +219,7 @@ def _wrap_step(monkeypatch, after_call):
       return out
     return step
 
-  monkeypatch.setattr(train_lib, "make_data_parallel", make)
+  monkeypatch.setattr(train_lib, "compile_train_step", make)
   return calls
 
 
