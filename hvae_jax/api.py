@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import jax
 import ml_collections
@@ -92,13 +92,16 @@ class TrainedModel:
 
   def score(self, images: Any, ks: Optional[Sequence[int]] = None, iw_samples: int = 1,
             iw_samples_lk: Optional[int] = None, batch_size: Optional[int] = None,
-            seed: int = 0, progress: bool = False, desc: str = "score") -> dict[str, np.ndarray]:
+            seed: int = 0, progress: bool = False, desc: str = "score", done: Optional[dict] = None,
+            on_batch: Optional[Callable[[dict], None]] = None) -> dict[str, np.ndarray]:
     """Per-image scores for any number of raw images (uint8 `[N, H, W(, C)]`).
 
     Returns float32 `[N]` arrays: elbo (nats), elbo_bpd, and per k: lk_k{k}, lk_k{k}_bpd,
     llr_k{k} (larger = more OOD). `iw_samples` applies to both bounds unless `iw_samples_lk`
     is given. Every batch is padded to `batch_size` (rounded up to a multiple of the device
     count) so one compiled function serves all, and split over `mesh` (every device).
+    `done` / `on_batch` continue an interrupted call and keep its progress
+    (`batching.map_batches`): the result equals one uninterrupted call's.
     """
     ks = self.check_ks(ks)
     iw = checks.positive_int("iw_samples", iw_samples)
@@ -109,7 +112,7 @@ class TrainedModel:
     x = self.model_inputs(self.check_images(images))
     fn = self.score_fn(ks, iw, iw_lk, self.config.eval.chunk_size)
     out = batching.map_batches(fn, self.params, x, bs, jax.random.key(seed), mesh=self.mesh,
-                               progress=progress, desc=desc)
+                               progress=progress, desc=desc, done=done, on_batch=on_batch)
     return out or {}
 
   @property

@@ -35,13 +35,20 @@ def device_batch_size(batch_size: int, n: int, mesh: Mesh) -> int:
 
 def map_batches(fn: Callable[[Any, jax.Array, jax.Array], Any], params: Any, x: np.ndarray,
                 batch_size: int, key: jax.Array, *, mesh: Optional[Mesh] = None,
-                progress: bool = False, desc: str = "") -> Any:
+                progress: bool = False, desc: str = "", done: Any = None,
+                on_batch: Optional[Callable[[Any], None]] = None) -> Any:
   """`fn` over `x` `[N, ...]` in batches of `device_batch_size(batch_size, N, mesh)`; the
   outputs' leading axes, `[batch, ...]` per call, concatenated to `[N, ...]` numpy arrays
   (same pytree as `fn`'s).
 
   `mesh` defaults to every device (`data.make_data_mesh()`). A tqdm bar counts examples
   when `progress` is set. `N = 0` returns None.
+
+  `done` continues an interrupted pass: the outputs of a pass with the same `fn`, params, key
+  and batch size over the first `n0` examples, `n0` a multiple of the batch size. The pass
+  starts at `n0` with the keys one whole pass gives those batches, so it returns what one
+  whole pass returns. `on_batch(outputs_so_far)` runs after every batch (to keep them for
+  such a resume).
   """
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   n = len(x)
@@ -50,9 +57,15 @@ def map_batches(fn: Callable[[Any, jax.Array, jax.Array], Any], params: Any, x: 
   mesh = mesh if mesh is not None else data.make_data_mesh()
   bs = device_batch_size(batch_size, n, mesh)
   params = jax.device_put(params, NamedSharding(mesh, P()))  # replicated, moved once
-  parts = []
-  with tqdm(total=n, desc=desc, unit="img", disable=not progress, dynamic_ncols=True) as bar:
-    for i in range(0, n, bs):
+  parts = [] if done is None else [done]
+  n0 = 0 if done is None else len(jax.tree_util.tree_leaves(done)[0])
+  if n0 % bs or n0 > n:
+    raise ValueError(f"cannot continue a pass at example {n0} of {n} in batches of {bs}: "
+                     "it must be a multiple of the batch size, at most N.")
+  concat = lambda parts: jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
+  with tqdm(total=n, initial=n0, desc=desc, unit="img", disable=not progress,
+            dynamic_ncols=True) as bar:
+    for i in range(n0, n, bs):
       xb = x[i:i + bs]
       m = len(xb)
       if m < bs:  # one compiled shape: pad with the last example, drop its outputs below
@@ -61,4 +74,7 @@ def map_batches(fn: Callable[[Any, jax.Array, jax.Array], Any], params: Any, x: 
       out = multihost_utils.process_allgather(out, tiled=True)  # every example, every process
       parts.append(jax.tree_util.tree_map(lambda a, m=m: np.asarray(a)[:m], out))
       bar.update(m)
-  return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
+      if on_batch is not None:
+        parts = [concat(parts)]  # one running array per output: what on_batch gets
+        on_batch(parts[0])
+  return concat(parts)

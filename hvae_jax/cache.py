@@ -49,7 +49,8 @@ class ScoreCache:
 
   `get` returns the arrays only if the stored key equals the one asked for (and says so in
   one line); `use=False` (`--no_cache`) never reads, but still writes, so the next run can
-  reuse what this one computed. `directory=None` disables the cache.
+  reuse what this one computed. `directory=None` disables the cache. `*_partial` keep the
+  part of a set an interrupted pass scored, so the next run continues it.
   """
 
   def __init__(self, directory: Optional[str], use: bool = True, verbose: bool = True):
@@ -58,20 +59,38 @@ class ScoreCache:
   def _file(self, name: str) -> str:
     return os.path.join(self.directory, f"{name}.npz")
 
-  def get(self, name: str, key: str) -> Optional[dict[str, np.ndarray]]:
+  def _read(self, name: str, key: str) -> Optional[dict[str, np.ndarray]]:
     if not (self.directory and self.use and os.path.exists(self._file(name))):
       return None
     try:
       with np.load(self._file(name)) as f:
         if "_key" not in f.files or str(f["_key"]) != key:
           return None
-        arrays = {k: f[k] for k in f.files if k != "_key"}
+        return {k: f[k] for k in f.files if k != "_key"}
     except (OSError, ValueError, EOFError):  # a truncated or foreign file: just rescore
       return None
-    if self.verbose:
+
+  def get(self, name: str, key: str) -> Optional[dict[str, np.ndarray]]:
+    arrays = self._read(name, key)
+    if arrays is not None and self.verbose:
       print(f"Note: {name} from the cache in {self.directory} (same model, images and "
             f"settings); --no_cache rescores.")
     return arrays
+
+  # What an interrupted pass scored so far, under its own name so it is never taken for a
+  # whole set; the caller's key says which pass it belongs to.
+  def get_partial(self, name: str, key: str) -> Optional[dict[str, np.ndarray]]:
+    return self._read(f"{name}.partial", key)
+
+  def put_partial(self, name: str, key: str, arrays: dict[str, np.ndarray]) -> None:
+    self.put(f"{name}.partial", key, arrays)
+
+  def drop_partial(self, name: str) -> None:
+    if self.directory and jax.process_index() == 0:
+      try:
+        os.remove(self._file(f"{name}.partial"))
+      except FileNotFoundError:
+        pass
 
   def put(self, name: str, key: str, arrays: dict[str, np.ndarray]) -> None:
     if not self.directory or jax.process_index() != 0:  # one writer in multi-process runs

@@ -18,8 +18,11 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import jax
 import numpy as np
 
-from hvae_jax import baselines, cache, checks, competing, data, metrics, plots
+from hvae_jax import baselines, batching, cache, checks, competing, data, metrics, plots
 from hvae_jax.api import THRESHOLD_FILE, TrainedModel
+
+# How often a set's scoring keeps what it has scored, so a killed run loses at most this much.
+PARTIAL_EVERY_S = 60.0
 
 # Short names users type for data sets.
 ALIASES = {"svhn": "svhn_cropped", "fmnist": "fashion_mnist"}
@@ -111,15 +114,49 @@ def score_set(trained: TrainedModel, images: np.ndarray, settings: EvalSettings,
   key = settings.cache_key(trained, images)
   s = score_cache.get(f"scores_{tag}", key)
   if s is None:
-    t0 = time.time()
-    s = trained.score(images, ks=settings.ks, iw_samples=settings.iw_samples_elbo,
-                      iw_samples_lk=settings.iw_samples_lk, batch_size=settings.batch_size,
-                      seed=settings.seed, progress=True, desc=tag)
-    s["_seconds"] = np.asarray(time.time() - t0)
+    s = _score_resumably(trained, images, settings, score_cache, tag, key)
     score_cache.put(f"scores_{tag}", key, s)
+    score_cache.drop_partial(f"scores_{tag}")
   if timings is not None:
     timings[tag] = float(s["_seconds"])
   return {k: v for k, v in s.items() if k != "_seconds"}
+
+
+def _score_resumably(trained: TrainedModel, images: np.ndarray, settings: EvalSettings,
+                     score_cache: cache.ScoreCache, tag: str, key: str) -> dict[str, np.ndarray]:
+  """`trained.score` of a set that keeps its progress in `score_cache` at least every
+  PARTIAL_EVERY_S seconds and when stopped (Ctrl-C, an error), and continues a pass a killed
+  run left: the scores equal one uninterrupted pass's. `_seconds` counts every run's time."""
+  name = f"scores_{tag}"
+  mesh = trained.mesh if trained.mesh is not None else data.make_data_mesh()
+  bs = batching.device_batch_size(settings.batch_size, len(images), mesh)
+  pass_key = cache.key_of(scores=key, batch_size=bs)  # another split of the batches starts over
+  done = score_cache.get_partial(name, pass_key)
+  spent = 0.0 if done is None else float(done.pop("_seconds"))
+  if done is not None:
+    print(f"Note: {name}: continuing an interrupted pass at image {len(done['elbo'])} of "
+          f"{len(images)} (cache in {score_cache.directory}); --no_cache rescores.")
+  t0 = time.time()
+  kept = {"at": t0, "out": None}
+
+  def keep(out: dict, now: bool = False) -> None:
+    kept["out"] = out
+    if now or time.time() - kept["at"] >= PARTIAL_EVERY_S:
+      score_cache.put_partial(name, pass_key,
+                              {**out, "_seconds": np.asarray(spent + time.time() - t0)})
+      kept["at"] = time.time()
+
+  try:
+    s = trained.score(images, ks=settings.ks, iw_samples=settings.iw_samples_elbo,
+                      iw_samples_lk=settings.iw_samples_lk, batch_size=settings.batch_size,
+                      seed=settings.seed, progress=True, desc=tag, done=done,
+                      on_batch=keep)
+  except BaseException:
+    if kept["out"] is not None:
+      keep(kept["out"], now=True)
+    raise
+  s["_seconds"] = np.asarray(spent + time.time() - t0)
+  return s
 
 
 def limit(images: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -208,3 +209,50 @@ def test_python_api_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match=message):
       m.score(x, **bad)
   assert not list(tmp_path.iterdir())  # every check ran before any work
+
+
+def test_a_stopped_scoring_pass_continues_where_it_stopped(tiny_workdir, tmp_path, monkeypatch,
+                                                           capsys):
+  """A set's scoring keeps its progress when stopped; the next run scores only the rest and
+  ends with exactly the scores of one uninterrupted pass (same keys per batch)."""
+  from hvae_jax import batching, cache, evaluation  # pylint: disable=import-outside-toplevel
+  m = api.load_model(tiny_workdir)
+  images = fmnist_slice(24, seed=7)
+  settings = evaluation.EvalSettings(ks=(1,), iw_samples_elbo=3, iw_samples_lk=2, batch_size=8)
+  whole = m.score(images, ks=(1,), iw_samples=3, iw_samples_lk=2, batch_size=8)
+  calls = []
+  real_score_fn = m.score_fn
+
+  def counting_score_fn(*args):
+    fn = real_score_fn(*args)
+
+    def counted(*a):
+      calls.append(1)
+      if stop_at and len(calls) == stop_at:
+        raise KeyboardInterrupt
+      return fn(*a)
+    return counted
+
+  monkeypatch.setattr(m, "score_fn", counting_score_fn)
+  monkeypatch.setattr(evaluation, "PARTIAL_EVERY_S", 1e9)  # only the stop itself saves
+  score_cache = cache.ScoreCache(str(tmp_path))
+  stop_at = 3  # Ctrl-C in the third of three batches
+  with pytest.raises(KeyboardInterrupt):
+    evaluation.score_set(m, images, settings, score_cache, "part")
+  with np.load(tmp_path / "scores_part.partial.npz") as f:
+    assert f["elbo"].shape == (16,)
+  assert not (tmp_path / "scores_part.npz").exists()
+
+  calls.clear()
+  stop_at = None
+  s = evaluation.score_set(m, images, settings, score_cache, "part")
+  assert len(calls) == 1, "only the batch not yet scored runs again"
+  assert "continuing an interrupted pass at image 16 of 24" in capsys.readouterr().out
+  for name in whole:
+    np.testing.assert_allclose(s[name], whole[name], rtol=1e-6, err_msg=name)
+  assert (tmp_path / "scores_part.npz").exists()
+  assert not (tmp_path / "scores_part.partial.npz").exists()
+
+  with pytest.raises(ValueError, match="multiple of the batch size"):
+    batching.map_batches(lambda p, x, k: {"a": x[:, 0, 0, 0]}, {}, images, 8,
+                         jax.random.key(0), done={"a": np.zeros(5)})
