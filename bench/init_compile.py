@@ -1,12 +1,15 @@
-"""Time the data-dependent init (`train_lib.init_state`'s `model.init`) three ways.
+"""Time the data-dependent init (`train_lib.init_state`'s parameters) four ways.
 
-  python bench/init_compile.py --config=configs/cifar_biva.py [--batch=256] [--ways jit o0 eager]
+  python bench/init_compile.py --config=configs/cifar_biva.py [--batch=256] [--ways jit two o0 eager]
 
-`jit`: the whole init as one XLA program (compile + run), as train_lib does; `o0`: the same
-program compiled with XLA's backend optimisation level 0 (the init runs once, so only compile
-time counts); `eager`: op by op, no program. Each way runs in its own
+`jit`: `model.init` as one XLA program (compile + run); `two`: `layers.init_params`, what
+train_lib runs: the kernels drawn in a tiny program of their own, then the data-dependent
+pass compiled with them as inputs; `o0`: the one program compiled with XLA's backend
+optimisation level 0 (the init runs once, so only compile time counts); `eager`: op by op,
+no program. Each way runs in its own
 process (no shared caches) on random inputs of the config's image shape, `--batch` of them
-(train_lib uses 256), and reports seconds and whether its parameters equal the `jit` ones.
+(train_lib uses 256), and reports seconds and how far its parameters are from the first way's (`two` draws other
+kernels than `model.init`, from the same distribution, so it differs from the others).
 """
 import argparse
 import json
@@ -23,7 +26,7 @@ def one_way(config_path: str, batch: int, way: str, out: str) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from bench.train_step import load_config  # pylint: disable=import-outside-toplevel
-  from hvae_jax import data  # pylint: disable=import-outside-toplevel
+  from hvae_jax import data, layers  # pylint: disable=import-outside-toplevel
   from hvae_jax.models import build_model  # pylint: disable=import-outside-toplevel
 
   config = load_config(config_path, [])
@@ -36,6 +39,8 @@ def one_way(config_path: str, batch: int, way: str, out: str) -> None:
   t0 = time.time()
   if way == "eager":
     params = model.init(k_params, x, k_sample)["params"]
+  elif way == "two":
+    params = layers.init_params(model, k_params, x, k_sample)
   else:
     options = {"xla_backend_optimization_level": 0} if way == "o0" else None
     params = jax.jit(model.init).lower(k_params, x, k_sample).compile(options)(
@@ -51,8 +56,8 @@ def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--config", required=True)
   ap.add_argument("--batch", type=int, default=256)
-  ap.add_argument("--ways", nargs="+", default=["jit", "o0", "eager"],
-                  choices=["jit", "o0", "eager"])
+  ap.add_argument("--ways", nargs="+", default=["jit", "two", "o0", "eager"],
+                  choices=["jit", "two", "o0", "eager"])
   ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one way, write here
   a = ap.parse_args()
   if a.one:

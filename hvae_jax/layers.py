@@ -7,11 +7,15 @@ every axis but the output-channel axis, and data-dependent initialisation of g a
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+import functools
+import math
+from typing import Any, Callable, Optional
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -30,6 +34,55 @@ def get_activation(name: str) -> Callable[[Array], Array]:
   return ACTIVATIONS[name]
 
 
+# Standard deviation of a standard normal truncated to [-2, 2], as flax's he_normal divides by.
+_TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+def kernel_scale(shape: tuple[int, ...]) -> float:
+  """He-normal standard deviation of a kernel with the output features on its last axis."""
+  return math.sqrt(2.0 / math.prod(shape[:-1])) / _TRUNCATED_NORMAL_STD
+
+
+def kernel_init(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+  """He-normal kernel (flax's `he_normal`): `kernel_scale(shape)` times a truncated normal."""
+  return kernel_scale(shape) * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
+
+
+def init_params(model: nn.Module, key: Array, x: Array, sample_key: Array) -> Any:
+  """Parameters distributed as `model.init(key, x, sample_key)["params"]`, in two programs.
+
+  For a model built from these layers. XLA:CPU compiles the one-program init several times
+  slower than a forward pass (bench/RESULTS.md, BIVA init): the kernels drawn inside the
+  program cost more compile time than the rest. Here one flat draw gives every kernel
+  (`draw_kernels`) and the data-dependent pass (`data_dependent_init`) is compiled with the
+  kernels as its inputs. Same seed and batch, same parameters.
+  """
+  return jax.jit(functools.partial(data_dependent_init, model))(
+      draw_kernels(model, key, x, sample_key), x, sample_key)
+
+
+def draw_kernels(model: nn.Module, key: Array, x: Array, sample_key: Array) -> Any:
+  """Every weight-norm direction `kernel` of `model` (a params tree of host arrays), drawn as
+  `kernel_init` draws them: one truncated-normal draw, split and scaled on the host."""
+  shapes = flax.traverse_util.flatten_dict(
+      jax.eval_shape(model.init, key, x, sample_key)["params"])
+  kernel_shapes = {path: s.shape for path, s in shapes.items() if path[-1] == "kernel"}
+  sizes = [math.prod(shape) for shape in kernel_shapes.values()]
+  flat = np.asarray(jax.jit(lambda k: jax.random.truncated_normal(
+      k, -2.0, 2.0, (sum(sizes),)))(key))
+  return flax.traverse_util.unflatten_dict({
+      path: kernel_scale(shape) * part.reshape(shape) for (path, shape), part
+      in zip(kernel_shapes.items(), np.split(flat, np.cumsum(sizes)[:-1]))})
+
+
+def data_dependent_init(model: nn.Module, kernels: Any, x: Array, sample_key: Array) -> Any:
+  """The rest of `model.init` given its `kernels`: one forward pass on `x` `[batch, H, W, C]`
+  creates every weight-norm scale g and bias b from the batch (`_weight_norm`)."""
+  # g's and b's initialisers ignore their key; flax still wants one.
+  return model.apply({"params": kernels}, x, sample_key, rngs={"params": sample_key},
+                     mutable="params")[1]["params"]
+
+
 def _weight_norm(module: nn.Module, shape: tuple[int, ...], x: Array,
                  apply: Callable[[Array, Array], Array], dtype) -> Array:
   """`apply(x, g * v / ||v||) + b` with weight normalisation and data-dependent init.
@@ -42,10 +95,10 @@ def _weight_norm(module: nn.Module, shape: tuple[int, ...], x: Array,
   gradient comes from the small kernel gradient instead of a reduction over the activations
   (bench/RESULTS.md, train-step profile). `apply` is linear in the kernel: the same function.
   """
-  v = module.param("kernel", nn.initializers.he_normal(), shape, jnp.float32)
+  v = module.param("kernel", kernel_init, shape, jnp.float32)
   direction = v / jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(v), axis=tuple(range(len(shape) - 1))),
                                        1e-12))
-  if module.is_initializing():
+  if not module.has_variable("params", "scale"):  # init, or `init_params`' second program
     y = apply(x.astype(dtype), direction.astype(dtype)).astype(jnp.float32)
     axes = tuple(range(y.ndim - 1))
     inv_std = jax.lax.rsqrt(jnp.var(y, axes) + 1e-8)

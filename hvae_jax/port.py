@@ -329,8 +329,7 @@ def convert(reference_checkpoint: str, config: ml_collections.ConfigDict, out: s
                     f"(the paper's FashionMNIST model) can be ported.")
   model = build_model(config, spec.image_shape)
   params = jax.tree_util.tree_map(np.asarray, port_params(model, spec.image_shape, state))
-  train_state = train_lib.TrainState(step=np.zeros((), np.int32), params=params,
-                                     opt_state=train_lib.make_optimizer(config).init(params))
+  train_state = train_lib.fresh_state(params, config)
   metadata = train_lib.checkpoint_metadata(config, spec.image_shape, spec.kind)
   metadata["ported_from"] = os.path.abspath(reference_checkpoint)
   with checkpoints.Checkpointer(os.path.join(out, checkpoints.CHECKPOINT_SUBDIR)) as ckpt:

@@ -24,8 +24,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hvae_jax import (batching, checkpoints, config as config_lib, data, host_memory, multihost,
-                      objectives, plots)
+from hvae_jax import (batching, checkpoints, config as config_lib, data, host_memory, layers,
+                      multihost, objectives, plots)
 from hvae_jax.models import build_model
 
 Array = jax.Array
@@ -55,10 +55,25 @@ def init_state(model, config: ml_collections.ConfigDict, x_init: Array) -> Train
   `x_init` `[batch, H, W, C]` is model input (binarized or uint8) for the data-dependent
   initialisation of the weight-normed layers; the same seed and batch give the same params.
   """
-  # One key for the parameters, another for the latent samples the init pass draws.
-  k_params, k_sample = jax.random.split(jax.random.key(config.seed))
-  params = jax.jit(model.init)(k_params, x_init, k_sample)["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+  k_params, k_sample = _init_keys(config)
+  return fresh_state(layers.init_params(model, k_params, x_init, k_sample), config)
+
+
+def state_shapes(model, config: ml_collections.ConfigDict, x_init: jax.ShapeDtypeStruct) -> TrainState:
+  """`init_state`'s shapes and dtypes, traced without running the init."""
+  k_params, k_sample = _init_keys(config)
+  return jax.eval_shape(lambda x: fresh_state(model.init(k_params, x, k_sample)["params"], config),
+                        x_init)
+
+
+def _init_keys(config: ml_collections.ConfigDict) -> tuple[Array, Array]:
+  """One key for the parameters, another for the latent samples the init pass draws."""
+  return tuple(jax.random.split(jax.random.key(config.seed)))
+
+
+def fresh_state(params: Any, config: ml_collections.ConfigDict, step: int = 0) -> TrainState:
+  """`params` at `step` with a fresh optimizer state."""
+  return TrainState(step=jnp.asarray(step, jnp.int32), params=params,
                     opt_state=make_optimizer(config).init(params))
 
 
@@ -293,8 +308,7 @@ def initial_state(ckpt: checkpoints.Checkpointer, model, config: ml_collections.
   init_from = config.train.init_from
   if ckpt.latest_step() is None and not init_from:
     return jax.device_put(init_state(model, config, x_init), sharding)
-  shapes = jax.eval_shape(functools.partial(init_state, model, config),
-                          jax.ShapeDtypeStruct(x_init.shape, x_init.dtype))
+  shapes = state_shapes(model, config, jax.ShapeDtypeStruct(x_init.shape, x_init.dtype))
   if ckpt.latest_step() is None:
     return jax.device_put(warm_start_state(init_from, shapes, config), sharding)
   target = jax.tree_util.tree_map(
@@ -315,8 +329,7 @@ def warm_start_state(path: str, shapes: TrainState, config: ml_collections.Confi
     raise ValueError(f"train.init_from={path}: {e}") from None
   step = int(saved["step"])
   print(f"Starting from the parameters of {path} (step {step}) with a fresh optimizer state")
-  return TrainState(step=jnp.asarray(step, jnp.int32), params=params,
-                    opt_state=make_optimizer(config).init(params))
+  return fresh_state(params, config, step)
 
 
 def _make_workdir(workdir: str) -> None:

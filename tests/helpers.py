@@ -5,7 +5,7 @@ import os
 import jax
 import numpy as np
 
-from hvae_jax import data
+from hvae_jax import data, layers
 from hvae_jax.models import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +54,7 @@ def _init(config, image_shape, seed):
     x = np.random.default_rng(seed).integers(0, 256, (16, *image_shape), dtype=np.uint8)
   else:
     x = data.eval_binarize(fmnist_slice(64, "train", seed), seed)
-  params = jax.jit(model.init)(jax.random.key(seed), x, jax.random.key(1))["params"]
+  params = layers.init_params(model, jax.random.key(seed), x, jax.random.key(1))
   return model, params
 
 

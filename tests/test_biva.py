@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hvae_jax import data, objectives, ood, train_lib
+from hvae_jax import data, layers, objectives, ood, train_lib
 from hvae_jax.layers import count_params
 from hvae_jax.models import build_model
 from tests.helpers import REPO, fmnist_slice, tiny_config
@@ -57,33 +57,15 @@ def _x_init():
   return data.eval_binarize(fmnist_slice(64, "train"), 0)
 
 
-def _host_kernels(model, x_init, seed=0):
-  """Every weight-norm direction `kernel` of `model`, He-normal, drawn with numpy."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x_init, jax.random.key(1)))
-  rng = np.random.default_rng(seed)
-
-  def fill(tree):
-    return {k: fill(v) if isinstance(v, dict) else np.float32(
-        rng.standard_normal(v.shape) * np.sqrt(2.0 / np.prod(v.shape[:-1])))
-            for k, v in tree.items() if isinstance(v, dict) or k == "kernel"}
-
-  return fill(shapes["params"])
-
-
-def _complete_init(model, kernels, x_init):
-  """The rest of `model.init`: one forward pass on `x_init` creates every weight-norm scale
-  and bias from the batch (data-dependent init). With `_host_kernels` this is `model.init`
-  without its per-parameter RNG, which costs XLA more compile time than the model itself."""
-  _, v = model.apply({"params": kernels}, x_init, jax.random.key(1), mutable=["params"],
-                     rngs={"params": jax.random.key(0)})
-  return v["params"]
-
-
 @functools.lru_cache(maxsize=None)
 def _tiny():
   model = build_model(tiny_biva_config(), (28, 28, 1))
-  args = (_host_kernels(model, _x_init()), _x_init())
-  return model, _compile(functools.partial(_complete_init, model), *args)(*args)
+  args = (_kernels(model, _x_init()), _x_init(), jax.random.key(1))
+  return model, _compile(functools.partial(layers.data_dependent_init, model), *args)(*args)
+
+
+def _kernels(model, x_init):
+  return layers.draw_kernels(model, jax.random.key(0), x_init, jax.random.key(1))
 
 
 def test_output_shapes_finite_and_latent_layers():
@@ -249,7 +231,7 @@ def test_dmol_colour_model_with_conditional_bu_prior():
   model = build_model(c, (32, 32, 3)).clone(conditional_bu=True)
 
   def run(kernels, x_init, x, key):
-    params = _complete_init(model, kernels, x_init)
+    params = layers.data_dependent_init(model, kernels, x_init, jax.random.key(1))
     # The same pass with the conditioning block's weights changed: only p(z^BU_1 | .) moves.
     moved = {**params, "bu_cond_0": jax.tree_util.tree_map(lambda a: 1.5 * a + 0.1,
                                                            params["bu_cond_0"])}
@@ -259,7 +241,7 @@ def test_dmol_colour_model_with_conditional_bu_prior():
 
   rng = np.random.default_rng(0)
   x_init = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
-  args = (_host_kernels(model, x_init), x_init,
+  args = (_kernels(model, x_init), x_init,
           rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8), jax.random.key(0))
   params, out, moved, imgs = _compile(run, *args)(*args)
   assert "bu_cond_0" in params and "bu_cond_proj_0" not in params  # conv z^TD: no projection

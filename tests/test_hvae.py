@@ -6,6 +6,10 @@ import pytest
 
 from hvae_jax import data, objectives
 from hvae_jax.config import base_config
+import flax.linen as nn
+from flax import traverse_util
+
+from hvae_jax import layers
 from hvae_jax.layers import WNConv, WNDense, conv2d_same, count_params
 from hvae_jax.models import build_model
 from tests.helpers import fmnist_slice, tiny_config, tiny_model_and_params
@@ -150,3 +154,46 @@ def test_weight_norm_scales_the_kernel_as_the_output_scaled_form(layer):
   g_want = jax.grad(loss(output_scaled))(params)
   for k in params:
     np.testing.assert_allclose(g_got[k], g_want[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(5, 5, 64, 128), (3, 3, 1, 8), (784, 16)])
+def test_kernel_init_is_flax_he_normal(shape):
+  key = jax.random.key(3)
+  np.testing.assert_allclose(layers.kernel_init(key, shape),
+                             nn.initializers.he_normal()(key, shape), rtol=1e-6, atol=1e-7)
+
+
+class _TwoLayers(nn.Module):
+  """A conv then a dense layer, called as the models are: `(x, sample_key)`."""
+
+  @nn.compact
+  def __call__(self, x, sample_key):
+    del sample_key
+    y = WNConv(6, 3)(x)
+    return y, WNDense(4)(nn.relu(y))
+
+
+def test_init_params_is_a_data_dependent_model_init():
+  """`init_params` (two programs) gives what `model.init` gives in distribution: the same
+  tree, He-normal kernels, and g and b that standardise each layer's output on the batch."""
+  model = _TwoLayers()
+  x = jax.random.uniform(jax.random.key(0), (64, 8, 8, 3)) * 3 + 1
+  params = layers.init_params(model, jax.random.key(1), x, jax.random.key(2))
+  plain = model.init(jax.random.key(1), x, jax.random.key(2))["params"]
+  flat, flat_plain = traverse_util.flatten_dict(params), traverse_util.flatten_dict(plain)
+  assert {p: v.shape for p, v in flat.items()} == {p: v.shape for p, v in flat_plain.items()}
+  for name in ("WNConv_0", "WNDense_0"):
+    kernel = flat[(name, "kernel")]
+    he_std = np.sqrt(2 / np.prod(kernel.shape[:-1]))
+    assert abs(np.std(kernel) / he_std - 1) < 0.15, name
+    assert np.max(np.abs(kernel)) <= 2 * layers.kernel_scale(kernel.shape) + 1e-6  # truncated
+  kernel = flat[("WNConv_0", "kernel")]
+  for p in (params, plain):
+    for y in model.apply({"params": p}, x, None):
+      axes = tuple(range(y.ndim - 1))
+      np.testing.assert_allclose(np.mean(y, axes), 0, atol=1e-4)
+      np.testing.assert_allclose(np.std(y, axes), 1, atol=1e-3)
+  again = layers.init_params(model, jax.random.key(1), x, jax.random.key(2))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, again)  # same seed, same params
+  other = layers.init_params(model, jax.random.key(5), x, jax.random.key(2))
+  assert not np.allclose(other["WNConv_0"]["kernel"], kernel)
