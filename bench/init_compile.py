@@ -6,10 +6,10 @@
 train_lib runs: the kernels drawn in a tiny program of their own, then the data-dependent
 pass compiled with them as inputs; `o0`: the one program compiled with XLA's backend
 optimisation level 0 (the init runs once, so only compile time counts); `eager`: op by op,
-no program. Each way runs in its own
-process (no shared caches) on random inputs of the config's image shape, `--batch` of them
-(train_lib uses 256), and reports seconds and how far its parameters are from the first way's (`two` draws other
-kernels than `model.init`, from the same distribution, so it differs from the others).
+no program. Each way runs in its own process (no shared caches) on random inputs of the
+config's image shape, `--batch` of them (train_lib uses 256), and reports seconds and how far
+its parameters are from the first way's (`two` draws other kernels than `model.init`, from the
+same distribution, so it differs from the others).
 """
 import argparse
 import json

@@ -1,15 +1,13 @@
 """The HVAE: shapes, finite terms, gradients to every parameter, the prior switch, sampling."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from hvae_jax import data, objectives
-from hvae_jax.config import base_config
-import flax.linen as nn
 from flax import traverse_util
 
-from hvae_jax import layers
+from hvae_jax import data, layers, objectives
+from hvae_jax.config import base_config
 from hvae_jax.layers import WNConv, WNDense, conv2d_same, count_params
 from hvae_jax.models import build_model
 from tests.helpers import fmnist_slice, tiny_config, tiny_model_and_params
