@@ -9,12 +9,15 @@ override all rescore. The paper's scores (evaluation.py) and the competing score
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from typing import Any, Optional
 
 import jax
 import numpy as np
+
+from hvae_jax import multihost
 
 # Bump when a change in the code changes what a score means or how it is computed, so caches
 # written by older code are not reused.
@@ -50,7 +53,9 @@ class ScoreCache:
   `get` returns the arrays only if the stored key equals the one asked for (and says so in
   one line); `use=False` (`--no_cache`) never reads, but still writes, so the next run can
   reuse what this one computed. `directory=None` disables the cache. `*_partial` keep the
-  part of a set an interrupted pass scored, so the next run continues it.
+  part of a set an interrupted pass scored, so the next run continues it. In a run of
+  several processes, process 0 alone reads and writes (its `directory`); every process gets
+  what it read, so all score the same sets.
   """
 
   def __init__(self, directory: Optional[str], use: bool = True, verbose: bool = True):
@@ -60,10 +65,23 @@ class ScoreCache:
     return os.path.join(self.directory, f"{name}.npz")
 
   def _read(self, name: str, key: str) -> Optional[dict[str, np.ndarray]]:
-    if not (self.directory and self.use and os.path.exists(self._file(name))):
+    if not (self.directory and self.use):
+      return None
+
+    def file_bytes() -> Optional[bytes]:
+      try:
+        with open(self._file(name), "rb") as f:
+          return f.read() or None
+      except OSError:
+        return None
+
+    # Process 0's file on every process: each host may hold other caches in its own folder,
+    # and a process that found scores would skip the scoring the others wait for it in.
+    blob = multihost.from_process_0(file_bytes)
+    if blob is None:
       return None
     try:
-      with np.load(self._file(name)) as f:
+      with np.load(io.BytesIO(blob)) as f:
         if "_key" not in f.files or str(f["_key"]) != key:
           return None
         return {k: f[k] for k in f.files if k != "_key"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 import ml_collections
 from absl import flags
@@ -138,6 +138,28 @@ def check_same_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"the processes disagree on the config: {key}={other.get(key, '<unset>')!r} "
                          f"on process {p} but {first.get(key, '<unset>')!r} on process 0; start "
                          "every process with the same config and flags.")
+
+
+def from_process_0(read: Callable[[], Optional[bytes]]) -> Optional[bytes]:
+  """`read()` on process 0 only, its result on every process.
+
+  For files a run reads that may differ between hosts (score caches on each host's own
+  disk): every process must act on the same bytes, or some would skip collective work the
+  others wait in. Every process must call it at the same point.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  if jax.process_count() == 1:
+    return read()
+  payload = read() if jax.process_index() == 0 else None
+  size = multihost_utils.broadcast_one_to_all(np.int32(-1 if payload is None else len(payload)))
+  if int(size) < 0:
+    return None
+  buf = np.zeros((int(size),), np.uint8)
+  if payload is not None:
+    buf[:] = np.frombuffer(payload, np.uint8)
+  return np.asarray(multihost_utils.broadcast_one_to_all(buf)).tobytes()
 
 
 # -- stopping together ----------------------------------------------------------------------

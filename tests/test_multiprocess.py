@@ -208,6 +208,18 @@ def test_evaluate_distributed_scores_like_one_process_and_only_process_0_writes(
     codes, texts = _wait(*run)
   assert codes == [0, 0], _tails(texts)
   assert not outputs[1].exists()  # process 1 wrote nothing: no results, plots nor caches
+  # Again: process 0's folder holds every set's scores, process 1's (its own disk) none.
+  # Both must take process 0's caches; a process that scored alone would wait forever in
+  # the scoring's collectives for one that skipped them.
+  first = {f: np.load(outputs[0] / f)["elbo"] for f in os.listdir(outputs[0])
+           if f.startswith("scores_")}
+  with _two_processes(tmp_path, "evaluate_again", argv) as run:
+    codes, texts = _wait(*run)
+  assert codes == [0, 0], _tails(texts)
+  assert all(t.count("from the cache") == 3 for t in texts), _tails(texts)
+  for f, elbo in first.items():
+    np.testing.assert_array_equal(np.load(outputs[0] / f)["elbo"], elbo)
+  assert not outputs[1].exists()
   one = tmp_path / "one_process"
   r = subprocess.run(_evaluate(one, f"--checkpoint={tiny_workdir}"), cwd=REPO, env=_env(2),
                      capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
