@@ -16,7 +16,6 @@ hold on a busy machine:
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -24,6 +23,7 @@ import hvae_jax  # pylint: disable=wrong-import-position,unused-import  (the CPU
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
+from bench.eval_throughput import timed  # pylint: disable=wrong-import-position
 from hvae_jax.layers import conv2d_same  # pylint: disable=wrong-import-position
 
 BATCH, SIZE, CHANNELS, KERNEL = 128, 28, 64, 5
@@ -32,11 +32,8 @@ POINTS = (2 + KERNEL - 1) ** 2  # 6x6 transform points per tile
 
 
 def milliseconds(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))  # compile and warm up
-  t0 = time.perf_counter()
-  for _ in range(repeats):
-    jax.block_until_ready(fn(*args))
-  return (time.perf_counter() - t0) / repeats * 1e3
+  """Mean milliseconds per call after a compiling, warming call."""
+  return timed(fn, *args, reps=repeats)[1] * 1e3
 
 
 def main() -> None:
