@@ -91,7 +91,9 @@ class ScoreCache:
   def get(self, name: str, key: str) -> Optional[dict[str, np.ndarray]]:
     arrays = self._read(name, key)
     if arrays is not None and self.verbose:
-      print(f"Note: {name} from the cache in {self.directory} (same model, images and "
+      # Other processes got process 0's bytes (`_read`), not their own folder's.
+      where = self.directory if jax.process_index() == 0 else "process 0's cache folder"
+      print(f"Note: {name} from the cache in {where} (same model, images and "
             f"settings); --no_cache rescores.")
     return arrays
 

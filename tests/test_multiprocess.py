@@ -216,7 +216,8 @@ def test_evaluate_distributed_scores_like_one_process_and_only_process_0_writes(
   with _two_processes(tmp_path, "evaluate_again", argv) as run:
     codes, texts = _wait(*run)
   assert codes == [0, 0], _tails(texts)
-  assert all(t.count("from the cache") == 3 for t in texts), _tails(texts)
+  assert [t.count(f"from the cache in {w}") for t, w in zip(texts, (outputs[0],
+          "process 0's cache folder"))] == [3, 3], _tails(texts)
   for f, elbo in first.items():
     np.testing.assert_array_equal(np.load(outputs[0] / f)["elbo"], elbo)
   assert not outputs[1].exists()
