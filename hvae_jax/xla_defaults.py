@@ -8,8 +8,9 @@ import os
 
 # flag -> value, each measured on the paper model's CPU train step (bench/RESULTS.md):
 _DEFAULTS = {
-    # jaxlib 0.10 sends CPU convolutions to YNNPACK, which ran ours 2-10x slower than XLA's
-    # own kernels (train step 13 -> 22 examples/s).
+    # jaxlib 0.10 sends CPU convolutions to YNNPACK, whose gradient convolutions run slower
+    # than XLA's own kernels: train step 13 -> 22 examples/s off on an AVX2 CPU, 15 -> 18 on
+    # an AVX-512 one.
     "xla_cpu_experimental_ynn_fusion_type": "",
     # The memory-minimising schedule: train-step scratch 826 -> 625 MB at the same speed (the
     # concurrency-optimised default gains nothing on 2 cores).
