@@ -25,10 +25,15 @@ config_flags.DEFINE_config_file("config", None, "Config file to use instead of t
                                 "with the checkpoint (must describe the same model).")
 flags.DEFINE_list("ood", None, "OOD test sets, comma separated (default: the config's data.ood), "
                   "e.g. mnist,kmnist or svhn_cropped.")
-flags.DEFINE_integer("iw_samples", None, "Importance samples for both bounds (LLR^{>k}_S).")
-flags.DEFINE_integer("iw_samples_elbo", None, "Importance samples for the ELBO term only.")
-flags.DEFINE_integer("iw_samples_lk", None, "Importance samples for the L^{>k} term only.")
+flags.DEFINE_integer("iw_samples", None, "Importance samples S of the ELBO: the paper's "
+                     "LLR^{>k}_S = L_S - L^{>k} (eqs. 9-10; L^{>k} keeps one sample).")
+flags.DEFINE_integer("iw_samples_elbo", None, "Same as --iw_samples (its long name).")
+flags.DEFINE_integer("iw_samples_lk", None, "Importance samples of L^{>k} (default 1, the paper's "
+                     "estimator); > 1 weights both bounds, another estimator.")
 flags.DEFINE_list("k", None, "Values of k to score (default: every k in 1..L-1).")
+flags.DEFINE_string("detector", None, "The verdict's per-input rule written to threshold.json: "
+                    "joint, any_k (the paper's rule), any_k_typ, or llr_k<k> for one k "
+                    "(default: the config's eval.detector).")
 flags.DEFINE_string("data_dir", None, "Folder with the .npz datasets (default: $HVAE_DATA_DIR).")
 flags.DEFINE_string("output", None, "Output folder (default: <workdir>/eval for a training "
                     "workdir, else workdirs/<checkpoint name>/eval).")
@@ -68,14 +73,14 @@ def main(argv):
     multihost.initialize_from_flags()  # every process scores its share; process 0 writes
   except (RuntimeError, ValueError) as e:  # no coordinator found or reachable
     raise SystemExit(f"error: {e}") from None
-  from hvae_jax import api, competing, evaluation, train_lib  # pylint: disable=import-outside-toplevel
+  from hvae_jax import api, competing, evaluation, report, train_lib  # pylint: disable=import-outside-toplevel
   from hvae_jax.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
   try:
     trained = api.load_model(FLAGS.checkpoint or FLAGS.workdir, FLAGS.config)
     settings = evaluation.EvalSettings.resolve(
         trained, ks=FLAGS.k, iw_samples=FLAGS.iw_samples, iw_samples_elbo=FLAGS.iw_samples_elbo,
         iw_samples_lk=FLAGS.iw_samples_lk, batch_size=FLAGS.batch_size,
-        max_examples=FLAGS.max_examples, seed=FLAGS.seed)
+        max_examples=FLAGS.max_examples, seed=FLAGS.seed, detector=FLAGS.detector)
     options = evaluation.EvalOptions(
         scores=FLAGS.scores, background=FLAGS.background_checkpoint,
         ensemble=tuple(FLAGS.ensemble_checkpoints), use_cache=not FLAGS.no_cache,
@@ -93,7 +98,7 @@ def main(argv):
     if FLAGS.verbose:
       raise
     raise SystemExit(f"error: {e}") from None
-  print(evaluation.markdown_report(results))
+  print(report.markdown_report(results))
   print(f"Wrote results, plots and the threshold to {results['output_dir']}")
 
 

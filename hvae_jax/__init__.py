@@ -8,7 +8,7 @@ Score your own images with a trained model (uint8 `[N, 28, 28]` or `[N, 28, 28, 
     import hvae_jax
     m = hvae_jax.load_model("pretrained/fmnist_hvae_small")
     scores = m.score(images_uint8)      # dict of [N] arrays: elbo, lk_k1, llr_k1, ... (nats)
-    flags = m.is_ood(images_uint8)      # [N] bool: LLR^{>k} above the calibrated threshold
+    flags = m.is_ood(images_uint8)      # [N] bool: the calibrated per-input detector's verdict
 
 Train, evaluate against an OOD set, then use the calibrated threshold::
 
@@ -26,7 +26,7 @@ Build a model from a config without training::
     variables = model.init(jax.random.key(0), x_binarized, jax.random.key(1))
 
 Public names: `load_model`, `TrainedModel`, `train`, `evaluate`, `build_model` (hvae_jax.api),
-`base_config`, `load_config` (hvae_jax.config), `THRESHOLD_FILE`. Each is served lazily from its
+`base_config`, `load_config` (hvae_jax.config), `THRESHOLD_FILE` (hvae_jax.thresholds). Each is served lazily from its
 module on first use.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it (PEP 562 lazy re-exports keep `import hvae_jax` light).
 _EXPORTS = {"load_model": "hvae_jax.api", "TrainedModel": "hvae_jax.api", "train": "hvae_jax.api",
             "evaluate": "hvae_jax.api", "build_model": "hvae_jax.api",
-            "THRESHOLD_FILE": "hvae_jax.api", "base_config": "hvae_jax.config",
+            "THRESHOLD_FILE": "hvae_jax.thresholds", "base_config": "hvae_jax.config",
             "load_config": "hvae_jax.config"}
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -3,12 +3,11 @@
     import hvae_jax
     m = hvae_jax.load_model("pretrained/fmnist_hvae_small")
     s = m.score(images_uint8)            # dict of [N] arrays: elbo, lk_k1, llr_k1, ...
-    verdict = m.is_ood(images_uint8)     # uses the calibrated threshold if one was saved
+    flags = m.is_ood(images_uint8)       # the per-input detector evaluate.py calibrated
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -17,10 +16,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from hvae_jax import batching, cache, checkpoints, checks, config as config_lib, data, ood
+from hvae_jax import (batching, cache, checkpoints, checks, config as config_lib, data, image_keys,
+                      ood, thresholds)
 from hvae_jax.models import build_model as _build_model
 
-THRESHOLD_FILE = "threshold.json"
 
 
 @dataclasses.dataclass
@@ -31,8 +30,9 @@ class TrainedModel:
   config: ml_collections.ConfigDict
   image_shape: tuple[int, int, int]
   kind: str  # 'binary' or 'discrete'
-  threshold: Optional[dict] = None  # {'score': name, 'value': float, ...} from evaluate.py
+  threshold: Optional[dict] = None  # the detector evaluate.py calibrated (`thresholds.record`)
   path: str = ""
+  threshold_note: str = ""  # why there is no threshold to use (`thresholds.load`)
   # Devices that score: None = every device of every process (data-parallel batches).
   mesh: Optional[Mesh] = None
   _fns: dict = dataclasses.field(default_factory=dict, repr=False)
@@ -41,6 +41,12 @@ class TrainedModel:
     """uint8 `[N, H, W, C]` (or `[N, H, W]` for greyscale), validated against the model."""
     x = np.asarray(images)
     h, w, c = self.image_shape
+    if x.size == 0:
+      raise ValueError(f"no images to score: got an empty array of shape {x.shape}; pass uint8 "
+                       f"images [N, {h}, {w}, {c}] with N >= 1.")
+    if x.dtype == np.bool_:
+      raise ValueError("images are a bool array; pass uint8 pixels in [0, 255] (a binary mask "
+                       "becomes an image with mask.astype(np.uint8) * 255).")
     if x.ndim == 3 and c == 1:
       x = x[..., None]
     if x.ndim != 4 or x.shape[1:] != (h, w, c):
@@ -64,12 +70,12 @@ class TrainedModel:
     return images_uint8
 
   def score_fn(self, ks: Sequence[int], iw_samples_elbo: int, iw_samples_lk: int, chunk_size: int):
-    """The jitted `(params, x, key) -> {name: [batch]}` scorer for these settings (names as
-    `ood.flatten_scores`), built once and reused."""
+    """The jitted `(params, x, key_data) -> {name: [batch]}` per-image scorer for these
+    settings (`ood.make_image_score_fn`), built once and reused."""
     sig = (tuple(ks), iw_samples_elbo, iw_samples_lk, chunk_size)
     if sig not in self._fns:
-      raw = ood.make_score_fn(self.model, ks, iw_samples_elbo, iw_samples_lk, chunk_size)
-      self._fns[sig] = jax.jit(lambda p, x, key: ood.flatten_scores(raw(p, x, key), ks))
+      self._fns[sig] = ood.make_image_score_fn(self.model, ks, iw_samples_elbo, iw_samples_lk,
+                                               chunk_size)
     return self._fns[sig]
 
   def default_ks(self) -> tuple[int, ...]:
@@ -91,77 +97,73 @@ class TrainedModel:
     return out
 
   def score(self, images: Any, ks: Optional[Sequence[int]] = None, iw_samples: int = 1,
-            iw_samples_lk: Optional[int] = None, batch_size: Optional[int] = None,
+            iw_samples_lk: int = 1, batch_size: Optional[int] = None,
             seed: int = 0, progress: bool = False, desc: str = "score", done: Optional[dict] = None,
             on_batch: Optional[Callable[[dict], None]] = None) -> dict[str, np.ndarray]:
     """Per-image scores for any number of raw images (uint8 `[N, H, W(, C)]`).
 
     Returns float32 `[N]` arrays: elbo (nats), elbo_bpd, and per k: lk_k{k}, lk_k{k}_bpd,
-    llr_k{k} (larger = more OOD). `iw_samples` applies to both bounds unless `iw_samples_lk`
-    is given. Every batch is padded to `batch_size` (rounded up to a multiple of the device
-    count) so one compiled function serves all, and split over `mesh` (every device).
+    llr_k{k} (larger = more OOD). `iw_samples` S weights the ELBO only, so llr_k{k} is the
+    paper's LLR^{>k}_S = L_S - L^{>k} (eqs. 9-10); `iw_samples_lk` > 1 also weights L^{>k}
+    (both bounds weighted: another estimator than the paper's). Each image is scored with
+    its own samples, keyed by its pixels and `seed` (`image_keys`), so its scores do not depend
+    on the other images or their order. Batches are padded to `batch_size` (rounded up to a
+    multiple of the device count) so one compiled function serves all, and split over `mesh`.
     `done` / `on_batch` continue an interrupted call and keep its progress
     (`batching.map_batches`): the result equals one uninterrupted call's.
     """
     ks = self.check_ks(ks)
     iw = checks.positive_int("iw_samples", iw_samples)
-    iw_lk = iw if iw_samples_lk is None else checks.positive_int("iw_samples_lk", iw_samples_lk)
+    iw_lk = checks.positive_int("iw_samples_lk", iw_samples_lk)
     bs = (self.config.eval.batch_size if batch_size is None
           else checks.positive_int("batch_size", batch_size))
     seed = checks.non_negative_int("seed", seed)
-    x = self.model_inputs(self.check_images(images))
+    images = self.check_images(images)
     fn = self.score_fn(ks, iw, iw_lk, self.config.eval.chunk_size)
-    out = batching.map_batches(fn, self.params, x, bs, jax.random.key(seed), mesh=self.mesh,
-                               progress=progress, desc=desc, done=done, on_batch=on_batch)
-    return out or {}
+    return batching.map_batches(
+        lambda p, b: fn(p, *b), self.params,
+        (self.model_inputs(images), image_keys.key_data(images, seed)), bs, None,
+        mesh=self.mesh, progress=progress, desc=desc, done=done, on_batch=on_batch)
 
   @property
   def digest(self) -> str:
-    """Identity of this model for score caches: its parameters' bytes and its config."""
-    if "digest" not in self._fns:
-      d = self.config.data
-      # What changes a score: the weights, the architecture and what the images become.
-      data_keys = {k: d[k] for k in d.keys() if k not in ("data_dir", "source")}
-      self._fns["digest"] = cache.key_of(params=cache.params_digest(self.params),
-                                         model=self.config.model.to_dict(), data=data_keys,
-                                         kind=self.kind, image_shape=self.image_shape)
-    return self._fns["digest"]
+    """Identity of this model for score caches and thresholds: its parameters' bytes and its
+    config, read afresh each time (a changed config or new parameters give a new digest);
+    hashing the parameters is done once per parameter object."""
+    key = ("params_digest", id(self.params))
+    if key not in self._fns:
+      self._fns = {k: v for k, v in self._fns.items() if k[0] != "params_digest"}
+      self._fns[key] = cache.params_digest(self.params)
+    d = self.config.data
+    # What changes a score: the weights, the architecture and what the images become.
+    data_keys = {k: d[k] for k in d.keys() if k not in ("data_dir", "source")}
+    return cache.key_of(params=self._fns[key], model=self.config.model.to_dict(), data=data_keys,
+                        kind=self.kind, image_shape=self.image_shape)
 
   def verdict(self, images: Any, threshold: Optional[dict] = None,
               **score_kwargs) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Scores at the threshold's settings and the `[N]` bool verdicts (True = OOD).
+    """Scores and the `[N]` bool verdicts (True = OOD) of the calibrated per-input detector.
 
-    The threshold (default: the one evaluate.py calibrated) fixes the score, its k and the
-    importance samples of both bounds, so the verdict uses the score the threshold was set on.
+    The threshold record (default: the one evaluate.py calibrated for this very model) fixes
+    the detector, its reference, the ks and importance samples; the scores gain the
+    detector's score (under its rule's name, larger = more OOD) and `driven_by`, the
+    statistic (llr_k{k} or elbo) that drove each image's verdict. `score_kwargs` go to `score`
+    (e.g. batch_size; a `seed` other than the calibration's draws other samples).
     """
-    th = threshold or self.threshold
-    if not th:
-      raise ValueError(f"no calibrated threshold for {self.path or 'this model'}: run "
-                       f"evaluate.py on it (it writes {THRESHOLD_FILE}) or pass threshold=.")
-    k = th.get("k")
-    s = self.score(images, ks=(k,) if k else None, **threshold_samples(th), **score_kwargs)
-    return s, s[th["score"]] > th["value"]
+    rec = threshold or self.threshold
+    if not rec:
+      raise ValueError(self.threshold_note or "no calibrated threshold for this model: run "
+                       "evaluate.py on it (it writes threshold.json) or pass threshold=.")
+    if rec.get("format") != thresholds.FORMAT or rec.get("model_digest") != self.digest:
+      raise ValueError(thresholds.mismatch("this threshold", self.path or "<this model>"))
+    detector = thresholds.to_detector(rec)
+    s = self.score(images, **{**thresholds.score_settings(rec), **score_kwargs})
+    s[detector.rule], s["driven_by"] = detector.score(s)
+    return s, s[detector.rule] > detector.threshold
 
   def is_ood(self, images: Any, threshold: Optional[dict] = None, **score_kwargs) -> np.ndarray:
-    """`[N]` bool verdicts: score > threshold, with the threshold evaluate.py calibrated."""
+    """`[N]` bool verdicts (True = OOD) of the detector evaluate.py calibrated (`verdict`)."""
     return self.verdict(images, threshold, **score_kwargs)[1]
-
-
-def threshold_samples(threshold: dict) -> dict[str, int]:
-  """The `score` sample counts a threshold was calibrated with (older files: one `iw_samples`)."""
-  both = int(threshold.get("iw_samples", 1))
-  return {"iw_samples": int(threshold.get("iw_samples_elbo", both)),
-          "iw_samples_lk": int(threshold.get("iw_samples_lk", both))}
-
-
-def find_threshold(path: str) -> Optional[dict]:
-  """The `threshold.json` in `path`, its parent folder, or `path/eval` (evaluate.py's output)."""
-  for d in (path, os.path.dirname(os.path.abspath(path)), os.path.join(path, "eval")):
-    f = os.path.join(d, THRESHOLD_FILE)
-    if os.path.isfile(f):
-      with open(f, encoding="utf-8") as fh:
-        return json.load(fh)
-  return None
 
 
 def load_model(path: str, config: Optional[ml_collections.ConfigDict] = None) -> TrainedModel:
@@ -183,8 +185,9 @@ def load_model(path: str, config: Optional[ml_collections.ConfigDict] = None) ->
       lambda: model.init(jax.random.key(0), np.zeros((1, *image_shape), np.uint8 if kind == "discrete"
                                                     else np.float32), jax.random.key(0))["params"])
   params = checkpoints.match_params(state["params"], abstract, path, meta)
-  threshold = find_threshold(path)
-  return TrainedModel(model, params, config, image_shape, kind, threshold, path)
+  trained = TrainedModel(model, params, config, image_shape, kind, path=path)
+  trained.threshold, trained.threshold_note = thresholds.load(path, trained.digest)
+  return trained
 
 
 def build_model(config: ml_collections.ConfigDict,
@@ -236,18 +239,20 @@ def evaluate(model: Union[TrainedModel, str, os.PathLike],
              in_train: Optional[np.ndarray] = None, max_examples: Optional[int] = None,
              ks: Optional[Sequence[int]] = None, iw_samples: Optional[int] = None,
              iw_samples_elbo: Optional[int] = None, iw_samples_lk: Optional[int] = None,
-             batch_size: Optional[int] = None, seed: int = 0, data_dir: Optional[str] = None,
+             batch_size: Optional[int] = None, seed: int = 0, detector: Optional[str] = None,
+             data_dir: Optional[str] = None,
              update_threshold: bool = True, use_cache: bool = True, scores: str = "paper",
              background: Optional[str] = None, ensemble: Sequence[str] = (),
              baseline_iw_samples: int = 100, **baseline_options: Any) -> dict:
   """In-distribution vs OOD evaluation, exactly as `evaluate.py` runs it
   (`evaluation.evaluate`, the one path behind both).
 
-  Scores the in-distribution test set, as many in-distribution training images (for the
-  train-vs-test sanity check and the label-free choice of k) and each OOD set, calibrates
-  the decision threshold on half the in-distribution test images (its acceptance measured on
-  the other half), then writes `results.md`, `results.json`, `roc_<ood>.png`,
-  `hist_<ood>.png`, `threshold.json` and score caches into `output_dir`.
+  Scores the in-distribution test set, each OOD set and as many in-distribution training
+  images (the reference: the train-vs-test sanity check, then every per-input detector is
+  fitted on one half of them and calibrated on the other), measures every score and detector
+  on the test and OOD images, then writes `results.md`, `results.json`, `roc_<ood>.png`,
+  `hist_<ood>.png`, `threshold.json` (the `detector` rule, bound to this model) and score
+  caches into `output_dir`.
 
   Args:
     model: a `TrainedModel` or a path for `load_model`.
@@ -259,8 +264,11 @@ def evaluate(model: Union[TrainedModel, str, os.PathLike],
       `config.data.name`.
     max_examples: images per data set (a seeded subset), -1 for all; default the config's.
     ks: values of k; default every k in 1..L-1 (or `config.eval.ks`).
-    iw_samples: importance samples for both bounds; `iw_samples_elbo` / `iw_samples_lk`
-      set one bound's; default the config's.
+    iw_samples: importance samples S of the ELBO (the paper's LLR^{>k}_S = L_S - L^{>k});
+      `iw_samples_elbo` is its long name; `iw_samples_lk` > 1 weights L^{>k} too (both
+      bounds weighted: another estimator); default the config's.
+    detector: the verdict's rule (`hvae_jax.detectors`: joint, any_k, any_k_typ, llr_k<k>);
+      default `config.eval.detector`.
     batch_size: scoring batch size; default `config.eval.batch_size`.
     seed: seed of the samples and the subsets.
     data_dir: folder with offline data (default the config's, then `$HVAE_DATA_DIR`).
@@ -277,14 +285,17 @@ def evaluate(model: Union[TrainedModel, str, os.PathLike],
       regret_lr=2e-4, typicality_batch=10.
 
   Returns:
-    The results dict: `results["ood"][name]["metrics"][score]` has auroc / auprc / fpr80,
+    The results dict: `results["ood"][name]["metrics"][score]` has auroc / auroc_se / auprc /
+    fpr80 / fpr95 / aupr_in / aupr_out for every score and combined detector,
+    `results["verdicts"][rule]` each detector's acceptance and OOD flag rates,
     `results["bits_per_dim"]`, `results["threshold"]` (also in `threshold.json`), ...
   """
   from hvae_jax import competing, evaluation  # pylint: disable=import-outside-toplevel
   trained = model if isinstance(model, TrainedModel) else load_model(os.fspath(model))
   settings = evaluation.EvalSettings.resolve(
       trained, ks=ks, iw_samples=iw_samples, iw_samples_elbo=iw_samples_elbo,
-      iw_samples_lk=iw_samples_lk, batch_size=batch_size, max_examples=max_examples, seed=seed)
+      iw_samples_lk=iw_samples_lk, batch_size=batch_size, max_examples=max_examples, seed=seed,
+      detector=detector)
   try:
     baseline = competing.BaselineOptions(iw_samples=baseline_iw_samples, **baseline_options)
   except TypeError as e:  # an unknown keyword
@@ -295,6 +306,6 @@ def evaluate(model: Union[TrainedModel, str, os.PathLike],
                                    use_cache=use_cache)
   results = evaluation.evaluate(trained, settings, options, ood=ood, in_test=in_test,
                                 in_train=in_train, output_dir=output_dir, data_dir=data_dir)
-  if update_threshold and "threshold" in results and trained is model:
-    trained.threshold = dict(results["threshold"])
+  if update_threshold and trained is model:
+    trained.threshold, trained.threshold_note = dict(results["threshold"]), ""
   return results

@@ -5,7 +5,9 @@ Scoring, the competing scores and test bits/dim during training all run a jitted
 `fn(params, x_batch, key)` over N examples. Every batch has the same size (the last one is
 padded by repeating its final example, the padding's outputs dropped), so one compiled shape
 serves any N; the batch starting at example `i` gets `fold_in(key, i)`, so a result does not
-depend on how the examples were split into calls.
+depend on how the examples were split into calls. The paper's scores instead pass per-image
+key data beside the images (`image_keys`) and no batch key, so an image's scores do not
+depend on its position either.
 
 Data parallel as training is: the batch is sharded over the 'data' axis of a device `Mesh`
 (all devices of all processes by default), the parameters replicated, and XLA runs `fn` on
@@ -33,13 +35,15 @@ def device_batch_size(batch_size: int, n: int, mesh: Mesh) -> int:
   return per * mesh.size
 
 
-def map_batches(fn: Callable[[Any, jax.Array, jax.Array], Any], params: Any, x: np.ndarray,
-                batch_size: int, key: jax.Array, *, mesh: Optional[Mesh] = None,
+def map_batches(fn: Callable[..., Any], params: Any, x: Any, batch_size: int,
+                key: Optional[jax.Array], *, mesh: Optional[Mesh] = None,
                 progress: bool = False, desc: str = "", done: Any = None,
                 on_batch: Optional[Callable[[Any], None]] = None) -> Any:
   """`fn` over `x` `[N, ...]` in batches of `device_batch_size(batch_size, N, mesh)`; the
   outputs' leading axes, `[batch, ...]` per call, concatenated to `[N, ...]` numpy arrays
-  (same pytree as `fn`'s).
+  (same pytree as `fn`'s). `x` may be a pytree of `[N, ...]` arrays (e.g. images and their
+  per-image key data), batched together. `fn(params, x_batch, batch_key)`, or
+  `fn(params, x_batch)` when `key` is None (the caller's randomness is per example).
 
   `mesh` defaults to every device (`data.make_data_mesh()`). A tqdm bar counts examples
   when `progress` is set. `N = 0` returns None.
@@ -51,7 +55,7 @@ def map_batches(fn: Callable[[Any, jax.Array, jax.Array], Any], params: Any, x: 
   such a resume).
   """
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  n = len(x)
+  n = len(jax.tree_util.tree_leaves(x)[0])
   if n == 0:
     return None
   mesh = mesh if mesh is not None else data.make_data_mesh()
@@ -66,11 +70,12 @@ def map_batches(fn: Callable[[Any, jax.Array, jax.Array], Any], params: Any, x: 
   with tqdm(total=n, initial=n0, desc=desc, unit="img", disable=not progress,
             dynamic_ncols=True) as bar:
     for i in range(n0, n, bs):
-      xb = x[i:i + bs]
-      m = len(xb)
-      if m < bs:  # one compiled shape: pad with the last example, drop its outputs below
-        xb = np.concatenate([xb, np.repeat(xb[-1:], bs - m, 0)])
-      out = fn(params, data.global_batch(xb, mesh), jax.random.fold_in(key, i))
+      m = min(bs, n - i)
+      # One compiled shape: pad with the last example, drop its outputs below.
+      xb = jax.tree_util.tree_map(
+          lambda a: data.global_batch(np.concatenate([a[i:i + m], np.repeat(a[i + m - 1:i + m],
+                                                                          bs - m, 0)]), mesh), x)
+      out = fn(params, xb) if key is None else fn(params, xb, jax.random.fold_in(key, i))
       out = multihost_utils.process_allgather(out, tiled=True)  # every example, every process
       parts.append(jax.tree_util.tree_map(lambda a, m=m: np.asarray(a)[:m], out))
       bar.update(m)

@@ -47,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from hvae_jax import image_keys
+
 Array = jax.Array
 
 DATA_DIR_ENV = "HVAE_DATA_DIR"
@@ -381,18 +383,21 @@ def perturb(key: Array, images_uint8: Any, rate: float) -> Array:
 
 
 def eval_binarize(images_uint8: np.ndarray, seed: int = 0) -> np.ndarray:
-  """One fixed Bernoulli(pixel/255) draw of a whole evaluation set: float32 {0, 1}, same shape.
+  """One fixed Bernoulli(pixel/255) draw per image: float32 {0, 1}, same shape.
 
-  Seeded numpy, on the host: the same (images, seed) always gives the same data, so evaluation
-  scores are reproducible. The draw depends on the whole array: binarize the full set once,
-  then batch it (binarizing a subset gives a different draw for the same image).
+  Each image's uniform noise comes from a numpy generator seeded with (`seed`, a digest of
+  its pixels), so the same image always becomes the same binary image, alone or inside any
+  set, in any position (`image_keys`): evaluation scores are reproducible per image.
   """
   images = np.asarray(images_uint8)
   if not np.issubdtype(images.dtype, np.integer):
     raise TypeError(f"eval_binarize expects integer pixels in [0, 255], got {images.dtype}.")
-  rng = np.random.default_rng(seed)
-  u = rng.random(images.shape, dtype=np.float32)
-  return (u < images.astype(np.float32) / np.float32(255.0)).astype(np.float32)
+  p = images.astype(np.float32) / np.float32(255.0)
+  out = np.empty(images.shape, np.float32)
+  for i, d in enumerate(image_keys.digests(images)):
+    rng = np.random.default_rng([int(seed), *image_keys.words(d, 4).tolist()])
+    out[i] = rng.random(images.shape[1:], dtype=np.float32) < p[i]
+  return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 
 `evaluate` is the one path behind `evaluate.py` and `hvae_jax.evaluate`: it loads the data
 sets, scores them (ELBO, L^{>k}, LLR^{>k}, and with `EvalOptions.scores` the competing scores
-of `hvae_jax.competing`), computes the metrics, calibrates the decision threshold and writes
+of `hvae_jax.competing`), computes the metrics, fits the per-input detectors and writes
 into the output dir: `results.json`, `results.md` (bits/dim per bound and AUROC / AUPRC /
-FPR80 per score), `roc_<ood>.png`, `hist_<ood>.png`, `threshold.json` and per-set score
-caches (`cache.ScoreCache`: reused only for the same model, images and settings).
+FPR80 / FPR95 / AUPR-In per score, the per-input detectors' rows and verdicts),
+`roc_<ood>.png`, `hist_<ood>.png`, `threshold.json` (the default detector, bound to the
+model: `thresholds`) and per-set score caches (`cache.ScoreCache`: reused only for the same
+model, images and settings).
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import jax
 import numpy as np
 
-from hvae_jax import baselines, batching, cache, checks, competing, data, metrics, plots
-from hvae_jax.api import THRESHOLD_FILE, TrainedModel
+from hvae_jax import (baselines, batching, cache, checks, competing, data, detectors, lowlevel,
+                      metrics, plots, report, thresholds)
+from hvae_jax.api import TrainedModel
 
 # How often a set's scoring keeps what it has scored, so a killed run loses at most this much.
 PARTIAL_EVERY_S = 60.0
@@ -38,6 +41,7 @@ class EvalSettings:
   max_examples: int = -1  # per data set; -1 = all
   seed: int = 0
   threshold_tpr: float = 0.95  # in-distribution acceptance the threshold is calibrated for
+  detector: str = "joint_k1"  # the verdict's rule (`detectors`), written to threshold.json
 
   def __post_init__(self):
     if not self.ks:
@@ -46,6 +50,7 @@ class EvalSettings:
       checks.positive_int(name, getattr(self, name))
     checks.example_count("max_examples", self.max_examples)
     checks.non_negative_int("seed", self.seed)
+    detectors.statistics(self.detector, self.ks)  # a known rule; a single k must be scored
     if not 0.0 < self.threshold_tpr < 1.0:
       raise ValueError(f"threshold_tpr={self.threshold_tpr!r} is not allowed: give an "
                        f"acceptance rate in (0, 1).")
@@ -54,26 +59,35 @@ class EvalSettings:
   def resolve(cls, trained: TrainedModel, *, ks: Optional[Sequence[int]] = None,
               iw_samples: Optional[int] = None, iw_samples_elbo: Optional[int] = None,
               iw_samples_lk: Optional[int] = None, batch_size: Optional[int] = None,
-              max_examples: Optional[int] = None, seed: int = 0) -> "EvalSettings":
-    """The settings from arguments that may be None: a bound's own sample count, else
-    `iw_samples`, else the config's; the config's batch size and max_examples; every k."""
+              max_examples: Optional[int] = None, seed: int = 0,
+              detector: Optional[str] = None) -> "EvalSettings":
+    """The settings from arguments that may be None, else the config's (the config's detector
+    when the ks include what it reads, else `any_k` over the ks). `iw_samples` (or its
+    long name `iw_samples_elbo`) weights the ELBO only: the paper's LLR^{>k}_S = L_S - L^{>k}
+    (eqs. 9-10); `iw_samples_lk` > 1 weights L^{>k} too (both bounds weighted)."""
     c = trained.config.eval
     if iw_samples is not None:
       checks.positive_int("iw_samples", iw_samples)
-    pick = lambda own, name: (own if own is not None else iw_samples if iw_samples is not None
-                              else c[name])
-    return cls(ks=trained.check_ks(ks),
-               iw_samples_elbo=pick(iw_samples_elbo, "iw_samples_elbo"),
-               iw_samples_lk=pick(iw_samples_lk, "iw_samples_lk"),
+    if iw_samples is not None and iw_samples_elbo is not None and iw_samples != iw_samples_elbo:
+      raise ValueError(f"iw_samples={iw_samples} and iw_samples_elbo={iw_samples_elbo} disagree: "
+                       f"both set the ELBO's importance samples; give one.")
+    elbo = iw_samples_elbo if iw_samples_elbo is not None else iw_samples
+    ks = trained.check_ks(ks)
+    if detector is None:  # the config's rule, unless it reads a k that --k left out; then
+      # the paper's rule over the ks asked for (with one k, LLR^{>k} itself)
+      detector = c.detector if detectors.one_k(c.detector) in (None, *ks) else "any_k"
+    return cls(ks=ks,
+               iw_samples_elbo=c.iw_samples_elbo if elbo is None else elbo,
+               iw_samples_lk=c.iw_samples_lk if iw_samples_lk is None else iw_samples_lk,
                batch_size=c.batch_size if batch_size is None else batch_size,
                max_examples=c.max_examples if max_examples is None else max_examples,
-               seed=seed)
+               seed=seed, detector=detector)
 
   def cache_key(self, trained: TrainedModel, images: np.ndarray) -> str:
     """Everything that changes these scores: model (weights, config), images, settings."""
-    d = dataclasses.asdict(self)
-    for unused in ("max_examples", "threshold_tpr"):  # the images digest covers the subset
-      d.pop(unused)
+    # Only what changes a score: each image has its own samples (`image_keys`), so the batch
+    # size does not; the images digest covers the subset.
+    d = {n: getattr(self, n) for n in ("ks", "iw_samples_elbo", "iw_samples_lk", "seed")}
     return cache.key_of(kind="paper", model=trained.digest, images=cache.array_digest(images),
                         settings=d)
 
@@ -166,18 +180,6 @@ def limit(images: np.ndarray, n: int, seed: int) -> np.ndarray:
   return images[np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))]
 
 
-def calibration_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Two disjoint seeded halves of `n` in-distribution test images: the threshold is
-  calibrated on the first and its acceptance measured on the second. Neither was trained
-  on (the model saw the whole training split, as in the paper), so the measured rate is what
-  a user gets on new in-distribution images."""
-  if n < 2:
-    raise ValueError(f"calibrating a threshold needs at least 2 in-distribution test images, "
-                     f"got {n}; raise max_examples.")
-  perm = np.random.default_rng([seed, 2]).permutation(n)
-  return np.sort(perm[:n // 2]), np.sort(perm[n // 2:])
-
-
 def default_output_dir(model_path: str, leaf: str = "eval") -> str:
   """Where results go without `--output`: `<workdir>/<leaf>` for a training workdir (or a
   checkpoint in one); for any other checkpoint (a shipped model under `pretrained/`, a
@@ -222,10 +224,16 @@ def evaluate(trained: TrainedModel, settings: EvalSettings, options: EvalOptions
   if isinstance(ood, str):
     ood = (ood,)
   if not isinstance(ood, Mapping):
-    ood = [ALIASES.get(n, n) for n in ood]
+    ood = ["+".join(filter(None, (ALIASES.get(b, b), shift)))
+           for b, shift in map(lowlevel.split_name, ood)]
     for n in ood:
-      data.get_spec(n)  # an unknown name fails before anything is loaded
-  load = lambda name, split: data.load_images(name, split, d_dir, c.data.source)
+      data.get_spec(lowlevel.split_name(n)[0])  # an unknown name fails before any loading
+
+  def load(name: str, split: str) -> np.ndarray:
+    base, shift = lowlevel.split_name(name)
+    x = data.load_images(base, split, d_dir, c.data.source)
+    return lowlevel.apply(x, shift, settings.seed) if shift else x
+
   in_test = trained.check_images(load(c.data.name, c.data.test_split) if in_test is None
                                  else in_test)
   in_train = trained.check_images(load(c.data.name, c.data.train_split) if in_train is None
@@ -258,11 +266,12 @@ def run(trained: TrainedModel, in_name: str, in_test: np.ndarray, in_train: np.n
         score_cache: Optional[cache.ScoreCache] = None) -> dict:
   """Scores everything, computes metrics and writes the report; returns the results dict.
 
-  `in_train` (a subset of the in-distribution training split) serves two label-free
-  purposes: the paper's train-vs-test sanity check (AUROC ~ 0.5) and an honest choice of k
-  without OOD labels. The decision threshold at `threshold_tpr` acceptance is calibrated on
-  one half of the in-distribution test images and its acceptance measured on the other half
-  (`calibration_halves`): images the model did not train on.
+  `in_train` (a seeded subset of the in-distribution training split, as many as test
+  images) is the detectors' reference: each is fitted on one half of it and its threshold
+  calibrated at `threshold_tpr` acceptance on the other half (`fit_detectors`), so no image
+  whose metrics are reported is used; its acceptance is measured on every test image. That
+  needs training images to score like test images, which the paper's train-vs-test sanity
+  check (AUROC ~ 0.5, with its standard error) shows.
   `extra_scores(tag, images)` may add more per-example scores (larger = more OOD, or see
   `orientation`); an entry '_seconds:<name>' (a scalar) gives the seconds <name> cost on that
   set, and an `extra_scores.settings` dict is recorded as results['extra_scores_settings'].
@@ -276,10 +285,11 @@ def run(trained: TrainedModel, in_name: str, in_test: np.ndarray, in_train: np.n
   score_cache = score_cache or cache.ScoreCache(out_dir)
   in_test = limit(in_test, settings.max_examples, settings.seed)
   # As many training images as test images: enough for the sanity check and the threshold.
-  sets = {f"{in_name}_test": in_test,
-          f"{in_name}_train": limit(in_train, len(in_test), settings.seed)}
+  # The reference (training images) last: an expensive run has the metrics' sets first.
+  sets = {f"{in_name}_test": in_test}
   sets.update({f"{name}_test": limit(x, settings.max_examples, settings.seed)
                for name, x in ood_sets.items()})
+  sets[f"{in_name}_train"] = limit(in_train, len(in_test), settings.seed)
   scores, timings = {}, {}
   seconds: dict[str, list] = {}  # name -> [seconds, examples], None seconds if unknown
   for tag, x in sets.items():
@@ -295,7 +305,7 @@ def run(trained: TrainedModel, in_name: str, in_test: np.ndarray, in_train: np.n
       acc[0] = None if acc[0] is None or t is None else acc[0] + t
       acc[1] += len(x)
 
-  in_test_s, in_train_s = scores[f"{in_name}_test"], scores[f"{in_name}_train"]
+  in_test_s, ref_s = scores[f"{in_name}_test"], scores[f"{in_name}_train"]
   names = [n for n in in_test_s if not n.endswith("_bpd")]
   orient = {n: orientation(n) for n in names}
   results = {"settings": dataclasses.asdict(settings), "model": trained.path,
@@ -306,92 +316,75 @@ def run(trained: TrainedModel, in_name: str, in_test: np.ndarray, in_train: np.n
                                seconds[n][0] else None for n in names}
   for tag, s in scores.items():
     results["bits_per_dim"][tag] = {n: float(np.mean(v)) for n, v in s.items() if n.endswith("_bpd")}
-
-  sanity = metrics.evaluate_scores({n: in_train_s[n] for n in names},
-                                   {n: in_test_s[n] for n in names}, settings.seed, orient)
-  results["train_vs_test"] = sanity
-  llr_names = [n for n in names if n.startswith("llr_k")]
-  k_free = metrics.select_k_unsupervised({n: in_train_s[n] for n in llr_names},
-                                         {n: in_test_s[n] for n in llr_names}) if llr_names else None
-  results["k_unsupervised"] = k_free
-
+  # The detectors' reference is the training images, so they must score like test images.
+  results["train_vs_test"] = metrics.evaluate_scores({n: ref_s[n] for n in names},
+                                                     {n: in_test_s[n] for n in names},
+                                                     settings.seed, orient)
+  fitted = fit_detectors(ref_s, settings)
+  combined = detectors.combined(settings.ks)
+  for s in scores.values():  # the combined rows of Table 2, on every set
+    s.update({rule: fitted[rule].score(s)[0] for rule in combined})
+  rows = names + combined
+  orient.update({rule: 1 for rule in combined})
   for ood_name in ood_sets:
     out_s = scores[f"{ood_name}_test"]
-    res = metrics.evaluate_scores({n: in_test_s[n] for n in names},
-                                  {n: out_s[n] for n in names}, settings.seed, orient)
-    best = metrics.select_k_by_auroc(res, prefix="llr_k") if llr_names else (None, None)
-    results["ood"][ood_name] = {"metrics": res, "k_best_auroc": best[0], "k_unsupervised": k_free}
+    res = metrics.evaluate_scores({n: in_test_s[n] for n in rows}, {n: out_s[n] for n in rows},
+                                  settings.seed, orient)
+    best = metrics.select_k_by_auroc(res, prefix="llr_k")
+    results["ood"][ood_name] = {"metrics": res, "k_best_auroc": best[0]}
     if not writes:
       continue
-    oriented = lambda s: {n: orient[n] * s[n] for n in names}
+    oriented = lambda s: {n: orient[n] * s[n] for n in rows}
     plots.plot_roc(oriented(in_test_s), oriented(out_s), os.path.join(out_dir, f"roc_{ood_name}.png"),
                    title=f"{in_name} (in) vs {ood_name} (OOD)")
     plots.plot_histograms({n: in_test_s[n] for n in names}, {n: out_s[n] for n in names},
                           os.path.join(out_dir, f"hist_{ood_name}.png"),
                           title=f"{in_name} (in) vs {ood_name} (OOD)")
-
-  if k_free is not None:
-    results["threshold"] = calibrate(in_test_s[k_free], k_free, settings, f"{in_name}_test",
-                                     {n: scores[f"{n}_test"][k_free] for n in ood_sets})
+  ood_scores = {n: scores[f"{n}_test"] for n in ood_sets}
+  results["verdicts"] = {rule: verdict_summary(d, in_test_s, ood_scores)
+                         for rule, d in fitted.items()}
+  results["threshold"] = thresholds.record(
+      fitted[settings.detector], model_digest=trained.digest, ks=settings.ks,
+      iw_samples_elbo=settings.iw_samples_elbo, iw_samples_lk=settings.iw_samples_lk,
+      seed=settings.seed, tpr=settings.threshold_tpr,
+      calibrated_on=f"{in_name}_train: {len(ref_s['elbo']) - len(ref_s['elbo']) // 2} "
+                    f"reference images (a seeded half; fitted on the other half)",
+      acceptance_on=f"{in_name}_test: all {len(in_test_s['elbo'])} images (none fitted or "
+                    f"calibrated on)",
+      **results["verdicts"][settings.detector])
   if not writes:
     return results
-  if "threshold" in results:
-    with open(os.path.join(out_dir, THRESHOLD_FILE), "w", encoding="utf-8") as f:
-      json.dump(results["threshold"], f, indent=1)
+  thresholds.write(out_dir, results["threshold"])
   with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump(results, f, indent=1)
+    json.dump({**results, "threshold": {k: v for k, v in results["threshold"].items()
+                                        if k != "reference"}}, f, indent=1)
   with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
-    f.write(markdown_report(results))
+    f.write(report.markdown_report(results))
   return results
 
 
-def calibrate(in_scores: np.ndarray, name: str, settings: EvalSettings, in_tag: str,
-              ood_scores: Mapping[str, np.ndarray]) -> dict:
-  """The threshold record on score `name` (larger = more OOD): calibrated on one half of the
-  in-distribution test scores `in_scores` for `settings.threshold_tpr` acceptance, with the
-  acceptance measured on the other half and the share of each OOD set it flags."""
-  fit, held = calibration_halves(len(in_scores), settings.seed)
-  value = float(metrics.calibrate_threshold(in_scores[fit], settings.threshold_tpr))
-  return {"score": name, "k": int(name.split("_k")[1]), "value": value,
-          "iw_samples_elbo": settings.iw_samples_elbo, "iw_samples_lk": settings.iw_samples_lk,
-          "tpr": settings.threshold_tpr,
-          "calibrated_on": f"{in_tag}: {len(fit)} of {len(in_scores)} images (a seeded half)",
-          "acceptance": float(np.mean(in_scores[held] <= value)),
-          "acceptance_on": f"{in_tag}: the other {len(held)} images",
-          "ood_flagged": {n: float(np.mean(s > value)) for n, s in ood_scores.items()}}
+def fit_detectors(reference: Mapping[str, np.ndarray], settings: EvalSettings
+                  ) -> dict[str, detectors.Detector]:
+  """Every combined rule and every single k, fitted on one seeded half of the reference
+  images' scores and calibrated on the other for `settings.threshold_tpr` acceptance."""
+  fit, cal = detectors.halves(len(reference["elbo"]), settings.seed)
+  rules = detectors.combined(settings.ks) + [f"llr_k{k}" for k in settings.ks]
+  return {rule: detectors.fit(rule, settings.ks, detectors.pick(reference, fit),
+                              detectors.pick(reference, cal), settings.threshold_tpr)
+          for rule in rules}
 
 
-def markdown_report(results: dict) -> str:
-  """Tables shaped like the paper's: bits/dim per bound, then metrics per score."""
-  in_name = results["in_distribution"]
-  lines = [f"# OOD evaluation: {in_name} (in-distribution)", "",
-           f"Model: `{results['model']}`; settings: `{json.dumps(results['settings'])}`", "",
-           "## Average bits/dim (paper Table 1)", ""]
-  bpd_rows = []
-  for tag, row in results["bits_per_dim"].items():
-    r = {"data": tag, "ELBO (L>0)": row.get("elbo_bpd")}
-    r.update({f"L>{n.split('_k')[1].split('_')[0]}": v for n, v in row.items() if n.startswith("lk_k")})
-    bpd_rows.append(r)
-  cols = list(dict.fromkeys(c for r in bpd_rows for c in r))
-  lines += [metrics.markdown_table(bpd_rows, cols), ""]
-  for ood_name, res in results["ood"].items():
-    lines += [f"## {in_name} -> {ood_name} (paper Table 2), OOD = positive class", "",
-              f"k by best AUROC (oracle, as the paper): `{res['k_best_auroc']}`; "
-              f"k chosen without OOD labels: `{res['k_unsupervised']}`", ""]
-    speed = results.get("examples_per_s", {})
-    rows = [{"score": n, "AUROC": m["auroc"], "AUPRC": m["auprc"], "FPR80": m["fpr80"],
-             "examples/s": None if speed.get(n) is None else f"{speed[n]:.1f}"}
-            for n, m in res["metrics"].items()]
-    lines += [metrics.markdown_table(rows, ["score", "AUROC", "AUPRC", "FPR80", "examples/s"]),
-              ""]
-  lines += ["## Sanity check: in-distribution train vs test (should be ~0.5)", ""]
-  rows = [{"score": n, "AUROC": m["auroc"]} for n, m in results["train_vs_test"].items()]
-  lines += [metrics.markdown_table(rows, ["score", "AUROC"]), ""]
-  if "threshold" in results:
-    th = results["threshold"]
-    flagged = ", ".join(f"{v:.1%} of {n}" for n, v in th.get("ood_flagged", {}).items())
-    lines += [f"Decision threshold: `{th['score']}` > {th['value']:.3f} flags OOD, calibrated "
-              f"for {th['tpr']:.0%} acceptance on {th['calibrated_on']}; measured acceptance "
-              f"{th['acceptance']:.1%} on {th['acceptance_on']}"
-              + (f"; flags {flagged}." if flagged else "."), ""]
-  return "\n".join(lines)
+def verdict_summary(detector: detectors.Detector, in_scores: Mapping[str, np.ndarray],
+                    ood_scores: Mapping[str, Mapping[str, np.ndarray]]) -> dict:
+  """A detector's measured acceptance of in-distribution test images, the share of each OOD
+  set it flags and, per OOD set, which statistic drove the flags (share of flagged images)."""
+  accepted = ~detector.flags(in_scores)[0]
+  out = {"threshold": detector.threshold, "acceptance": float(np.mean(accepted)),
+         "ood_flagged": {}, "driven_by": {}}
+  for name, s in ood_scores.items():
+    flags, driver = detector.flags(s)
+    out["ood_flagged"][name] = float(np.mean(flags))
+    stats, counts = np.unique(driver[flags], return_counts=True)
+    out["driven_by"][name] = {str(n): float(c / max(flags.sum(), 1))
+                              for n, c in zip(stats, counts)}
+  return out

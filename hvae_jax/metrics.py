@@ -1,4 +1,5 @@
-"""OOD detection metrics (SPEC section 4): AUROC, AUPRC, FPR80, thresholds and the choice of k.
+"""OOD detection metrics (SPEC section 4): AUROC, AUPRC, FPR80, the OOD field's FPR95 / AUPR-In /
+AUPR-Out (OpenOOD conventions), standard errors, thresholds and the oracle choice of k.
 
 Conventions used throughout:
 
@@ -20,8 +21,7 @@ from sklearn import metrics as skm
 
 __all__ = [
     "ood_metrics", "equal_size_indices", "equal_size_subsample", "evaluate_scores",
-    "calibrate_threshold", "is_ood", "select_k_by_auroc", "select_k_unsupervised",
-    "markdown_table",
+    "calibrate_threshold", "is_ood", "select_k_by_auroc", "auroc_se", "markdown_table",
 ]
 
 
@@ -50,16 +50,26 @@ def _labels_and_scores(scores_in: np.ndarray, scores_out: np.ndarray
   return y, np.concatenate([s_in, s_out])
 
 
+def auroc_se(auroc: float, n_in: int, n_out: int) -> float:
+  """Standard error of an AUROC from `n_in` and `n_out` examples (Hanley & McNeil, 1982)."""
+  a = float(auroc)
+  q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+  var = (a * (1 - a) + (n_out - 1) * (q1 - a * a) + (n_in - 1) * (q2 - a * a)) / (n_in * n_out)
+  return float(np.sqrt(max(var, 0.0)))
+
+
 def ood_metrics(scores_in: np.ndarray, scores_out: np.ndarray) -> dict:
-  """AUROC, AUPRC and FPR80 of separating OOD (positive) from in-distribution (negative).
+  """AUROC, AUPRC and FPR80 of separating OOD (positive) from in-distribution (negative),
+  with the OOD field's FPR95, AUPR-In and AUPR-Out beside them.
 
   Args:
     scores_in: [N_in] scores of in-distribution examples, larger = more OOD.
     scores_out: [N_out] scores of OOD examples, larger = more OOD.
 
   Returns:
-    {"auroc": float, "auprc": float, "fpr80": float}.
-    * auroc: area under the ROC curve (`roc_auc_score`); ties count one half.
+    {"auroc", "auroc_se", "auprc", "fpr80", "fpr95", "aupr_in", "aupr_out"}, floats.
+    * auroc: area under the ROC curve (`roc_auc_score`); ties count one half; auroc_se its
+      standard error (`auroc_se`).
     * auprc: area under the precision-recall curve as average precision
       (`average_precision_score`): sum_n (R_n - R_{n-1}) P_n over thresholds, a step-wise
       sum without the optimistic linear interpolation of the trapezoidal rule.
@@ -67,6 +77,11 @@ def ood_metrics(scores_in: np.ndarray, scores_out: np.ndarray) -> dict:
       are swept from high to low over the distinct score values and fpr80 is the FPR at the
       first (i.e. highest) threshold at which TPR >= 0.8. This is the smallest FPR achievable
       by an actual threshold with TPR >= 0.8 (lower is better).
+    * fpr95, aupr_in, aupr_out (OpenOOD's conventions, to compare with other benchmarks):
+      fpr95 is the share of OOD examples accepted at the first threshold that accepts >= 95 %
+      of in-distribution examples (in-distribution = positive there); aupr_in is the average
+      precision with in-distribution as the positive class (scores negated), aupr_out with
+      OOD positive (equal to auprc).
 
   Does no subsampling; see `evaluate_scores` / `equal_size_subsample` for the paper's
   equal-size protocol.
@@ -81,7 +96,13 @@ def ood_metrics(scores_in: np.ndarray, scores_out: np.ndarray) -> dict:
   fpr, tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)
   # tpr is non-decreasing and ends at 1, so this index always exists.
   i = int(np.argmax(tpr >= 0.8 - 1e-12))
-  return {"auroc": float(auroc), "auprc": float(auprc), "fpr80": float(fpr[i])}
+  # In-distribution as the positive class: accepting (low scores) is detecting it.
+  fpr_in, tpr_in, _ = skm.roc_curve(1 - y, -s, drop_intermediate=False)
+  j = int(np.argmax(tpr_in >= 0.95 - 1e-12))
+  n_out = int(y.sum())
+  return {"auroc": float(auroc), "auroc_se": auroc_se(auroc, len(y) - n_out, n_out),
+          "auprc": float(auprc), "fpr80": float(fpr[i]), "fpr95": float(fpr_in[j]),
+          "aupr_in": float(skm.average_precision_score(1 - y, -s)), "aupr_out": float(auprc)}
 
 
 def equal_size_indices(n_in: int, n_out: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -213,8 +234,8 @@ def select_k_by_auroc(results: dict[str, dict], prefix: str = "llr_k") -> tuple[
   """The score among names starting with `prefix` with the highest AUROC (ties: smaller k).
 
   This is the paper's choice of k, which looks at the OOD test set: an oracle, optimistic
-  estimate of what a practitioner without OOD data would get. Prefer
-  `select_k_unsupervised` for an honest number.
+  estimate of what a practitioner without OOD data would get; the per-input detectors
+  (`hvae_jax.detectors`) need no such choice.
 
   Args:
     results: name -> metrics dict with an "auroc" entry (output of `evaluate_scores`).
@@ -228,43 +249,6 @@ def select_k_by_auroc(results: dict[str, dict], prefix: str = "llr_k") -> tuple[
     raise ValueError(f"no score name starts with {prefix!r}; have {list(results)}")
   best = min(cands, key=lambda n: (-results[n]["auroc"], _k_of(n), n))
   return best, float(results[best]["auroc"])
-
-
-def select_k_unsupervised(train_scores: dict[str, np.ndarray],
-                          test_scores: dict[str, np.ndarray]) -> str:
-  """A label-free choice of k: the score that generalises best from train to test data.
-
-  For each candidate (e.g. `llr_k1`, `llr_k2`, ...) the AUROC of separating in-distribution
-  *test* examples from in-distribution *train* examples is computed. A score whose value
-  depends on whether the model saw the example in training (AUROC far from 0.5) partly
-  measures memorisation rather than "in-distribution-ness", and would flag unseen but
-  in-distribution data as OOD. The paper's sanity check expects AUROC ~ 0.5 here. So we pick
-  the k with AUROC closest to 0.5; ties go to the smaller k (the lower latents carry the
-  low-level statistics the LLR is meant to cancel, and smaller k keeps more of the
-  semantic, high-level latents in the bound). Uses no OOD data at all, unlike
-  `select_k_by_auroc`.
-
-  AUROC is invariant to the class ratio, so no equal-size subsampling is needed; the
-  orientation of the scores does not matter because |AUROC - 0.5| is symmetric.
-
-  Args:
-    train_scores: name -> [N_train] scores of in-distribution training examples.
-    test_scores: name -> [N_test] scores of in-distribution test examples (same names).
-
-  Returns:
-    The chosen name.
-  """
-  if not train_scores:
-    raise ValueError("no candidate scores given")
-  missing = [n for n in train_scores if n not in test_scores]
-  if missing:
-    raise ValueError(f"scores missing from test_scores: {missing}")
-  dist = {}
-  for n in train_scores:
-    y, s = _labels_and_scores(train_scores[n], test_scores[n])
-    # Round so that floating-point noise does not break genuine ties.
-    dist[n] = round(abs(float(skm.roc_auc_score(y, s)) - 0.5), 12)
-  return min(dist, key=lambda n: (dist[n], _k_of(n), n))
 
 
 def _cell(v, floatfmt: str) -> str:

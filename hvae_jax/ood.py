@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hvae_jax import objectives
+from hvae_jax import image_keys, objectives
 
 Array = jax.Array
 
@@ -123,6 +123,22 @@ def make_score_fn(model: nn.Module, ks: Sequence[int] | None = None, iw_samples_
   """A jitted `fn(params, x, key) -> scores dict`, compiled once per batch shape."""
   def fn(params, x, key):
     return scores(model, params, x, key, ks, iw_samples_elbo, iw_samples_lk, chunk_size)
+  return jax.jit(fn)
+
+
+def make_image_score_fn(model: nn.Module, ks: Sequence[int], iw_samples_elbo: int = 1,
+                        iw_samples_lk: int = 1, chunk_size: int = 16):
+  """A jitted `fn(params, x, key_data) -> {name: [batch]}` (names as `flatten_scores`) that
+  scores every image of `x` `[batch, H, W, C]` alone, with its own key from `key_data`
+  `[batch, 2]` (`image_keys.key_data`): an image's scores do not depend on its batch."""
+  ks = tuple(ks)
+
+  def one(params, xi, key):
+    s = scores(model, params, xi[None], key, ks, iw_samples_elbo, iw_samples_lk, chunk_size)
+    return {n: v[0] for n, v in flatten_scores(s, ks).items()}
+
+  def fn(params, x, key_data):
+    return jax.vmap(one, in_axes=(None, 0, 0))(params, x, image_keys.sampling_keys(key_data))
   return jax.jit(fn)
 
 

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from hvae_jax import image_files
+from hvae_jax import image_files, thresholds
 
 if TYPE_CHECKING:  # pragma: no cover
   from hvae_jax.api import TrainedModel
@@ -63,11 +63,13 @@ def parser() -> argparse.ArgumentParser:
                  "in the current folder)")
   p.add_argument("--k", type=_ks, help="comma-separated k of L^{>k} / LLR^{>k} to score "
                  "(default: the threshold's k, which is always scored; without one, every k)")
-  p.add_argument("--iw_samples", type=_at_least(1), help="importance samples of both bounds "
-                 "(default: those the threshold was calibrated with)")
+  p.add_argument("--iw_samples", type=_at_least(1), help="importance samples of the ELBO, "
+                 "the paper's LLR^{>k}_S; L^{>k} keeps the threshold's (default: those the "
+                 "threshold was calibrated with)")
   p.add_argument("--batch_size", type=_at_least(1), help="images per batch (default: the "
                  "config's eval.batch_size)")
-  p.add_argument("--seed", type=_at_least(0), default=0, help="seed of the posterior samples")
+  p.add_argument("--seed", type=_at_least(0), help="seed of the posterior samples (default: the "
+                 "threshold's, else 0)")
   p.add_argument("--resize", choices=sorted(image_files.RESIZE), default="pad",
                  help="images of another size: 'pad' fits the longer side and pads with black "
                  "(how FashionMNIST/MNIST were made), 'crop' fills and centre-crops, 'stretch' "
@@ -88,7 +90,7 @@ def _examples(files: Sequence[str]) -> str:
   return ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
 
 
-def _samples_text(samples: dict[str, int]) -> str:
+def _samples_text(samples: dict) -> str:
   elbo, lk = samples["iw_samples"], samples["iw_samples_lk"]
   if elbo == lk:
     return f"{elbo} importance sample{'s' * (elbo > 1)}"
@@ -128,26 +130,24 @@ def _short(path: str, width: int = 48) -> str:
   return path if len(path) <= width else "..." + path[-(width - 3):]
 
 
-def _settings(trained: TrainedModel, args: argparse.Namespace) -> tuple[list[int], dict[str, int]]:
-  """The ks and importance samples to score with: the threshold's unless the flags say."""
-  from hvae_jax import api  # pylint: disable=import-outside-toplevel
+def _settings(trained: TrainedModel, args: argparse.Namespace) -> dict:
+  """`trained.score`'s ks, samples and seed: the threshold's (its detector reads every k it
+  was fitted on) plus any --k, unless the flags say otherwise."""
   th = trained.threshold
   if not th:  # every k unless --k picks some
-    ks = sorted(trained.check_ks(args.k))
-  else:  # the threshold's k, plus any --k
-    ks = sorted(set(trained.check_ks(args.k) if args.k else ()) | {th["k"]})
-  if args.iw_samples:
-    return ks, {"iw_samples": args.iw_samples, "iw_samples_lk": args.iw_samples}
-  if th:
-    return ks, api.threshold_samples(th)
-  return ks, {"iw_samples": trained.config.eval.iw_samples_elbo,
-              "iw_samples_lk": trained.config.eval.iw_samples_lk}
+    return {"ks": tuple(sorted(trained.check_ks(args.k))), "seed": args.seed or 0,
+            "iw_samples": args.iw_samples or trained.config.eval.iw_samples_elbo,
+            "iw_samples_lk": trained.config.eval.iw_samples_lk}
+  out = thresholds.score_settings(th)
+  out["ks"] = tuple(sorted(set(trained.check_ks(args.k) if args.k else ()) | set(out["ks"])))
+  out["iw_samples"] = args.iw_samples or out["iw_samples"]
+  out["seed"] = args.seed if args.seed is not None else out["seed"]
+  return out
 
 
 def _warnings(trained: TrainedModel, args: argparse.Namespace, done: list,
-              samples: dict[str, int]) -> None:
+              settings: dict) -> None:
   """What the user should know before trusting the scores: conversions, polarity, threshold."""
-  from hvae_jax import api  # pylint: disable=import-outside-toplevel
   for line in image_files.conversion_notes([c.conversions for _, c in done], args.resize):
     _note(line)
   light = [f for f, c in done if c.border_mean > _LIGHT_BORDER]
@@ -158,12 +158,10 @@ def _warnings(trained: TrainedModel, args: argparse.Namespace, done: list,
           file=sys.stderr)
   th = trained.threshold
   if not th:
-    _note(f"no calibrated threshold for {args.checkpoint}: scores only. To get verdicts, run "
-          f"python evaluate.py --checkpoint={args.checkpoint} (it writes eval/threshold.json, "
-          "which is then found here).")
-  elif samples != api.threshold_samples(th):
-    _note(f"the threshold was calibrated with {_samples_text(api.threshold_samples(th))}; the "
-          f"verdicts compare scores from {_samples_text(samples)} against it.")
+    _note(f"{trained.threshold_note} Scores only, no verdicts.")
+  elif settings["iw_samples"] != th["iw_samples_elbo"]:
+    _note(f"the threshold was calibrated with {_samples_text(thresholds.score_settings(th))}; "
+          f"the verdicts compare scores from {_samples_text(settings)} against it.")
 
 
 def _write(out_dir: str, report: dict) -> None:
@@ -171,27 +169,28 @@ def _write(out_dir: str, report: dict) -> None:
     json.dump(report, f, indent=1)
   with open(os.path.join(out_dir, "scores.csv"), "w", encoding="utf-8", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["file", *report["images"][0]["scores"], "verdict", "conversions"])
+    w.writerow(["file", *report["images"][0]["scores"], "verdict", "driven_by", "conversions"])
     for r in report["images"]:
-      w.writerow([r["file"], *r["scores"].values(), r["verdict"] or "",
+      w.writerow([r["file"], *r["scores"].values(), r["verdict"] or "", r["driven_by"] or "",
                   "; ".join(r["conversions"])])
 
 
 def _print(report: dict) -> None:
-  """The table (file, ELBO bits/dim, LLR^{>k} per k, verdict) and how many are OOD."""
+  """The table (file, ELBO bits/dim, LLR^{>k} per k, verdict and what drove it) and how many
+  are OOD."""
   images, th = report["images"], report["threshold"]
   llr = [f"llr_k{k}" for k in report["settings"]["ks"]]
   rows = [[_short(r["file"]), f"{r['scores']['elbo_bpd']:.3f}",
-           *(f"{r['scores'][n]:.3f}" for n in llr), r["verdict"] or "no threshold"]
+           *(f"{r['scores'][n]:.3f}" for n in llr),
+           f"{r['verdict']} ({r['driven_by']})" if r["verdict"] else "no threshold"]
           for r in images]
-  print(_table(["file", "ELBO bits/dim", *llr, "verdict"], rows[:_TABLE_ROWS]))
+  print(_table(["file", "ELBO bits/dim", *llr, "verdict (driven by)"], rows[:_TABLE_ROWS]))
   if len(rows) > _TABLE_ROWS:
     print(f"... {len(rows) - _TABLE_ROWS} more rows in scores.csv")
   if th:
-    calibrated = (f", which accepts {th['tpr']:.0%} of {th['calibrated_on']}"
-                  if "tpr" in th and "calibrated_on" in th else "")
     print(f"{sum(r['verdict'] == 'OOD' for r in images)} of {len(images)} images are OOD: "
-          f"{th['score']} > {th['value']:.3f}{calibrated}.")
+          f"detector {th['detector']} > {th['value']:.3f}, which accepted "
+          f"{th['acceptance']:.1%} of {th['acceptance_on']}.")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -208,12 +207,12 @@ def run(args: argparse.Namespace) -> dict:
                      "searched recursively)")
 
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from hvae_jax import api, checkpoints, evaluation, metrics  # pylint: disable=import-outside-toplevel
+  from hvae_jax import api, checkpoints, evaluation  # pylint: disable=import-outside-toplevel
   try:
     trained = api.load_model(args.checkpoint)
   except checkpoints.CheckpointError as e:
     raise ValueError(f"--checkpoint={args.checkpoint}: {e}") from None
-  ks, samples = _settings(trained, args)
+  settings = _settings(trained, args)
   out_dir = args.output or evaluation.default_output_dir(args.checkpoint, "score")
   try:
     os.makedirs(out_dir, exist_ok=True)
@@ -223,23 +222,25 @@ def run(args: argparse.Namespace) -> dict:
   batch_size = args.batch_size or trained.config.eval.batch_size
   many = len(files) > batch_size  # a progress bar only when it takes more than one batch
   done, skipped = _read(files, args, trained.image_shape, many)
-  _warnings(trained, args, done, samples)
-  s = trained.score(np.stack([c.pixels for _, c in done]), ks=ks, batch_size=args.batch_size,
-                    seed=args.seed, progress=many, **samples)
+  _warnings(trained, args, done, settings)
+  s = trained.score(np.stack([c.pixels for _, c in done]), batch_size=args.batch_size,
+                    progress=many, **settings)
   th = trained.threshold
-  flags = metrics.is_ood(s[th["score"]], th["value"]) if th else [None] * len(done)
-  th_samples = api.threshold_samples(th) if th else {}
+  flags, drivers = [None] * len(done), [None] * len(done)
+  if th:
+    detector = thresholds.to_detector(th)
+    s[detector.rule], drivers = detector.score(s)
+    flags = s[detector.rule] > detector.threshold
   report = {
       "model": os.path.abspath(args.checkpoint),
-      "threshold": th and {**th, "iw_samples_elbo": th_samples["iw_samples"],
-                           "iw_samples_lk": th_samples["iw_samples_lk"]},
-      "settings": {"ks": ks, "iw_samples_elbo": samples["iw_samples"],
-                   "iw_samples_lk": samples["iw_samples_lk"], "batch_size": batch_size,
-                   "seed": args.seed, "resize": args.resize, "invert": args.invert},
+      "threshold": th and {k: v for k, v in th.items() if k != "reference"},
+      "settings": {**settings, "ks": list(settings["ks"]), "batch_size": batch_size,
+                   "resize": args.resize, "invert": args.invert},
       "images": [{"file": f, "verdict": None if flag is None else ("OOD" if flag else "in"),
+                  "driven_by": None if driver is None else str(driver),
                   "scores": {n: float(v[i]) for n, v in s.items()},
                   "conversions": [f"{kind}: {a} -> {b}" for kind, a, b in c.conversions]}
-                 for i, ((f, c), flag) in enumerate(zip(done, flags))],
+                 for i, ((f, c), flag, driver) in enumerate(zip(done, flags, drivers))],
       "skipped": skipped,
   }
   _write(out_dir, report)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import hvae_jax
-from hvae_jax import baselines
+from hvae_jax import baselines, thresholds
 from tests.helpers import DATA_DIR, REPO, fmnist_slice, mnist_slice
 
 pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(DATA_DIR, "fashion_mnist.npz")),
@@ -125,11 +125,12 @@ def test_readme_example_trains_evaluates_and_scores(readme_run):
   for v in s.values():
     assert v.shape == (8,) and v.dtype == np.float32 and np.all(np.isfinite(v))
   np.testing.assert_allclose(s["llr_k1"], s["elbo"] - s["lk_k1"], rtol=1e-5, atol=1e-3)
-  # is_ood: the threshold rule applied to the same scores.
+  # is_ood: the calibrated detector applied to the same scores (same images, same seed).
   th = model.threshold
   assert r["flags"].dtype == bool and r["flags"].shape == (8,)
-  if th["iw_samples_elbo"] == th["iw_samples_lk"] == 1 and th["k"] in (1, 2):
-    np.testing.assert_array_equal(r["flags"], s[th["score"]] > th["value"])
+  detector = thresholds.to_detector(th)
+  if th["iw_samples_elbo"] == th["iw_samples_lk"] == 1 and set(th["ks"]) == {1, 2}:
+    np.testing.assert_array_equal(r["flags"], detector.score(s)[0] > th["value"])
 
 
 def test_load_model_finds_the_threshold_evaluate_wrote(readme_run):
@@ -160,7 +161,8 @@ def test_evaluate_with_arrays_and_a_path(readme_run, tmp_path):
                           in_test=fmnist_slice(60, seed=3), in_train=fmnist_slice(60, "train"),
                           output_dir=str(out), ks=(1,), batch_size=60)
   assert set(res["ood"]) == {"digits"}
-  assert set(res["ood"]["digits"]["metrics"]) == {"elbo", "lk_k1", "llr_k1"}
+  combined = {"any_k", "any_k_typ", "joint", "joint_k1"}  # the per-input detectors' rows
+  assert set(res["ood"]["digits"]["metrics"]) == {"elbo", "lk_k1", "llr_k1"} | combined
   assert (out / "roc_digits.png").exists() and (out / "threshold.json").exists()
   with pytest.raises(ValueError, match="shape"):
     hvae_jax.evaluate(readme_run["model"], ood={"bad": np.zeros((4, 32, 32, 3), np.uint8)},
@@ -178,7 +180,8 @@ def test_evaluate_adds_the_competing_scores(readme_run, tmp_path):
                           output_dir=str(out), ks=(1,), batch_size=40, scores="all",
                           ensemble=[str(member)], baseline_iw_samples=2, regret_steps=1)
   names = set(res["ood"]["digits"]["metrics"])
-  assert names == {"elbo", "lk_k1", "llr_k1"} | (set(baselines.SCORE_NAMES) - {"bg_llr"})
+  assert names == ({"elbo", "lk_k1", "llr_k1", "any_k", "any_k_typ", "joint", "joint_k1"}
+                   | (set(baselines.SCORE_NAMES) - {"bg_llr"}))
   assert res["extra_scores_settings"]["ensemble"] == [readme_run["workdir"], str(member)]
   assert res["extra_scores_settings"]["regret_steps"] == 1
   with pytest.raises(ValueError, match="bg_llr needs --background_checkpoint"):

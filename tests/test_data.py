@@ -317,12 +317,28 @@ def test_binarize_rejects_floats():
 
 
 def test_eval_binarize():
-  x = np.tile(np.arange(256, dtype=np.uint8), (2000, 1))
+  # 2000 distinct images (the last pixel numbers them), each a ramp 0..255.
+  x = np.tile(np.arange(257, dtype=np.uint16), (2000, 1))
+  x[:, -1] = np.arange(2000) % 256
+  x[:, -2] = np.arange(2000) // 256
+  x = x.astype(np.uint8)
   a = data.eval_binarize(x, seed=0)
   assert a.dtype == np.float32 and a.shape == x.shape and set(np.unique(a)) == {0.0, 1.0}
   np.testing.assert_array_equal(a, data.eval_binarize(x, seed=0))
   assert (a != data.eval_binarize(x, seed=1)).any()
-  np.testing.assert_allclose(a.mean(0), np.arange(256) / 255, atol=0.05)
+  np.testing.assert_allclose(a.mean(0)[:-2], np.arange(255) / 255, atol=0.05)
+
+
+def test_eval_binarize_is_per_image():
+  """An image's binarization depends on the image and the seed only: not on its position or
+  the other images in the call (so its scores and verdict do not either)."""
+  x = np.random.default_rng(0).integers(0, 256, (50, 6, 6, 1), dtype=np.uint8)
+  a = data.eval_binarize(x, seed=3)
+  perm = np.random.default_rng(1).permutation(50)
+  np.testing.assert_array_equal(data.eval_binarize(x[perm], seed=3), a[perm])
+  np.testing.assert_array_equal(data.eval_binarize(x[7:8], seed=3), a[7:8])
+  twice = data.eval_binarize(np.concatenate([x[:1], x[:1]]), seed=3)
+  np.testing.assert_array_equal(twice[0], twice[1])
 
 
 def test_preprocess():

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from hvae_jax import api, checkpoints
+from hvae_jax import api, checkpoints, thresholds
 from tests.helpers import DATA_DIR, REPO, fmnist_slice, mnist_slice, tiny_config
 
 
@@ -138,8 +138,9 @@ def test_cli_and_api_are_one_path_and_the_threshold_records_both_sample_counts(t
                           iw_samples_lk=3, batch_size=30, output_dir=str(api_out),
                           data_dir=DATA_DIR)
   cli = json.loads((cli_out / "results.json").read_text())
-  for key in ("settings", "bits_per_dim", "ood", "train_vs_test", "threshold", "k_unsupervised"):
+  for key in ("settings", "bits_per_dim", "ood", "train_vs_test", "verdicts"):
     assert cli[key] == json.loads(json.dumps(res[key])), key
+  assert "k_unsupervised" not in cli  # the noisy global pick of k is retired
   for f in ("scores_fashion_mnist_test.npz", "scores_mnist_test.npz"):
     a, b = np.load(cli_out / f), np.load(api_out / f)
     for k in a.files:
@@ -147,17 +148,23 @@ def test_cli_and_api_are_one_path_and_the_threshold_records_both_sample_counts(t
         np.testing.assert_array_equal(a[k], b[k])
   th = res["threshold"]
   assert (th["iw_samples_elbo"], th["iw_samples_lk"]) == (2, 3)
-  assert json.loads((cli_out / "threshold.json").read_text()) == th
-  # Calibrated on one half of the 60 test images, its acceptance measured on the other half.
-  assert "30 of 60" in th["calibrated_on"] and "other 30" in th["acceptance_on"]
+  assert json.loads((cli_out / "threshold.json").read_text()) == json.loads(json.dumps(th))
+  assert th["model_digest"] == model.digest and th["ks"] == [1, 2]
+  # Fitted on one half of 60 training images, calibrated on the other; acceptance measured on
+  # all 60 test images, none of which it saw.
+  assert "30 reference images" in th["calibrated_on"] and "all 60" in th["acceptance_on"]
   assert 0.0 <= th["acceptance"] <= 1.0 and set(th["ood_flagged"]) == {"mnist"}
-  assert "measured acceptance" in (cli_out / "results.md").read_text()
-  # is_ood uses the threshold's own k and both sample counts.
+  assert len(th["reference"]["elbo"]) == 30
+  report = (cli_out / "results.md").read_text()
+  assert "Per-input verdicts" in report and "| any_k |" in report and "FPR95" in report
+  # verdict: the threshold's detector, ks and both sample counts; it names what drove it.
   images = mnist_slice(12, seed=9)
   s, flags = model.verdict(images)
-  ref = model.score(images, ks=(th["k"],), iw_samples=2, iw_samples_lk=3)[th["score"]]
-  np.testing.assert_array_equal(s[th["score"]], ref)
-  np.testing.assert_array_equal(flags, ref > th["value"])
+  ref = model.score(images, ks=(1, 2), iw_samples=2, iw_samples_lk=3)
+  score, driver = thresholds.to_detector(th).score(ref)
+  np.testing.assert_array_equal(s[th["detector"]], score)
+  np.testing.assert_array_equal(flags, score > th["value"])
+  assert set(s["driven_by"]) <= {"elbo", "llr_k1", "llr_k2"}
   np.testing.assert_array_equal(model.is_ood(images), flags)
 
 

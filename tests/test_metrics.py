@@ -25,7 +25,7 @@ def test_ood_metrics_hand_computed():
   # the first threshold with TPR >= 0.8 is 0.35 (TPR 1), where only 0.4 of the in-dist
   # scores is flagged -> FPR = 1/4.
   assert m["fpr80"] == pytest.approx(0.25)
-  assert set(m) == {"auroc", "auprc", "fpr80"}
+  assert set(m) == {"auroc", "auroc_se", "auprc", "fpr80", "fpr95", "aupr_in", "aupr_out"}
   assert all(isinstance(v, float) for v in m.values())
 
 
@@ -39,7 +39,8 @@ def test_fpr80_takes_first_threshold_reaching_080():
 
 def test_perfect_separation():
   m = metrics.ood_metrics(np.array([0.0, 1.0, 2.0]), np.array([5.0, 6.0]))
-  assert m == {"auroc": 1.0, "auprc": 1.0, "fpr80": 0.0}
+  assert m == {"auroc": 1.0, "auroc_se": 0.0, "auprc": 1.0, "fpr80": 0.0, "fpr95": 0.0,
+               "aupr_in": 1.0, "aupr_out": 1.0}
 
 
 def test_reversed_orientation():
@@ -157,20 +158,24 @@ def test_select_k_by_auroc():
     metrics.select_k_by_auroc({"elbo": {"auroc": 0.5}})
 
 
-def test_select_k_unsupervised():
+def test_openood_metrics_and_the_auroc_standard_error():
+  """FPR95 / AUPR-In / AUPR-Out by OpenOOD's conventions, on a case worked by hand, and the
+  Hanley-McNeil standard error against the spread of AUROCs over independent draws."""
+  s_in = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5,
+                   1.6, 1.7, 1.8, 1.9, 5.0])
+  s_out = np.array([1.95, 3.0, 4.0, 6.0])
+  m = metrics.ood_metrics(s_in, s_out)
+  # 95 % of in-dist (19 of 20) accepted at threshold 1.9: of the OOD, none is <= 1.9.
+  assert m["fpr95"] == 0.0
+  assert m["aupr_out"] == m["auprc"]
+  ref_in = metrics.ood_metrics(-s_out, -s_in)["auprc"]  # in-distribution as the positive class
+  assert m["aupr_in"] == pytest.approx(ref_in)
   rng = np.random.default_rng(0)
-  n = 500
-  train = {"llr_k1": rng.normal(0.5, size=n),  # shifted between train and test: overfits
-           "llr_k2": rng.normal(size=n),
-           "llr_k3": rng.normal(size=n)}
-  test = {"llr_k1": rng.normal(size=n),
-          "llr_k2": rng.normal(size=n),
-          "llr_k3": rng.normal(1.0, size=n)}
-  assert metrics.select_k_unsupervised(train, test) == "llr_k2"
-  # Exact ties (identical distributions) go to the smaller k, whatever the dict order.
-  same = np.linspace(0, 1, 50)
-  tied = {"llr_k3": same, "llr_k10": same, "llr_k2": same}
-  assert metrics.select_k_unsupervised(tied, dict(tied)) == "llr_k2"
+  aurocs = [metrics.ood_metrics(rng.normal(size=300), rng.normal(0.8, size=300))["auroc"]
+            for _ in range(200)]
+  se = metrics.ood_metrics(rng.normal(size=300), rng.normal(0.8, size=300))["auroc_se"]
+  assert se == pytest.approx(np.std(aurocs), rel=0.2)
+  assert not hasattr(metrics, "select_k_unsupervised")  # the noisy global pick is retired
 
 
 def test_markdown_table():

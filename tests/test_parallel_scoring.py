@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from hvae_jax import api, batching, competing, data
+from hvae_jax import api, batching, competing, data, image_keys
 from tests.helpers import fmnist_slice, mnist_slice, tiny_model_and_params
 
 
@@ -30,8 +30,8 @@ def test_paper_scores_over_two_devices_equal_one_device(models):
   # The scoring batch really was split: the jitted scorer got a 2-device sharded batch.
   seen = []
   fn = every.score_fn((1, 2), 3, 5, every.config.eval.chunk_size)
-  batching.map_batches(lambda p, xb, k: seen.append(xb.sharding) or fn(p, xb, k),
-                       every.params, every.model_inputs(x), 8, jax.random.key(0))
+  batching.map_batches(lambda p, b: seen.append(b[0].sharding) or fn(p, *b), every.params,
+                       (every.model_inputs(x), image_keys.key_data(x, 0)), 8, None)
   assert all(len(s.device_set) == 2 for s in seen)
 
 

@@ -158,12 +158,14 @@ def test_scores_a_folder_and_a_glob_like_the_api(folder, tmp_path, capsys):
   # The same numbers as TrainedModel.verdict on the converted images, in the same batches.
   m = api.load_model(PRETRAINED)
   s, flags = m.verdict(np.stack([expected[f] for f in files]), batch_size=2)
+  drivers = s.pop("driven_by")
   for name, v in s.items():
     np.testing.assert_allclose([float(r[name]) for r in rows], v, rtol=1e-6, err_msg=name)
   assert [r["verdict"] for r in rows] == ["OOD" if f else "in" for f in flags]
+  assert [r["driven_by"] for r in rows] == list(drivers)
   rep = json.loads((out / "scores.json").read_text())
   assert rep["model"] == PRETRAINED
-  assert rep["threshold"] == {**m.threshold, "iw_samples_elbo": 1, "iw_samples_lk": 1}
+  assert rep["threshold"] == {k: v for k, v in m.threshold.items() if k != "reference"}
   assert [i["file"] for i in rep["images"]] == [r["file"] for r in rows]
   np.testing.assert_allclose([i["scores"]["llr_k1"] for i in rep["images"]], s["llr_k1"], rtol=1e-6)
   by_file = {os.path.relpath(i["file"], d): i["conversions"] for i in rep["images"]}
@@ -175,9 +177,9 @@ def test_scores_a_folder_and_a_glob_like_the_api(folder, tmp_path, capsys):
   # The table: one row per file with its verdict, and the count.
   for r in rows:
     line = next(l for l in stdout.splitlines() if os.path.basename(r["file"]) in l)
-    assert line.split()[-1] == r["verdict"]
-  value = api.load_model(PRETRAINED).threshold["value"]
-  assert f"{sum(flags)} of 4 images are OOD: llr_k1 > {value:.3f}" in stdout
+    assert line.split()[-2:] == [r["verdict"], f"({r['driven_by']})"]
+  th = m.threshold
+  assert f"{sum(flags)} of 4 images are OOD: detector {th['detector']} > {th['value']:.3f}" in stdout
 
 
 @needs_data
