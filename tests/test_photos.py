@@ -92,4 +92,4 @@ def test_small_cifar_models_train_on_photos(tmp_path, config, overrides):
   # Mean of the first two logs (steps 5, 10) vs the last two (35, 40): a real drop.
   assert np.mean(bpd[-2:]) < np.mean(bpd[:2]) - 0.5, bpd
   test = [r["bpd"] for r in rows if r["split"] == "test"]
-  assert np.isfinite(test[-1]) and test[-1] < 7.0, test  # uniform over 256 values is 8
+  assert np.isfinite(test[-1]) and test[-1] < bpd[0], (test, bpd)  # held-out patches too
