@@ -40,7 +40,8 @@ def load_photos() -> tuple[np.ndarray, ...]:
   try:
     from skimage import data as skimage_data  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise ValueError(f"source='photos' needs scikit-image ({e}); pip install scikit-image.") from None
+    raise ValueError(f"source='photos' needs scikit-image ({e}); pip install "
+                     "scikit-image.") from None
   from sklearn.datasets import load_sample_images  # pylint: disable=import-outside-toplevel
   sklearn_images = dict(zip(("china", "flower"), load_sample_images().images))
   out = []
