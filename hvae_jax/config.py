@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = "fashion_mnist"
   # 'auto' (local .npz if present, else official idx files if found, else tfds), 'npz',
-  # 'idx', 'tfds' or 'mock'; see hvae_jax/data.py.
+  # 'idx', 'tfds', 'mock' or 'photos' (real photographs, offline); see hvae_jax/data.py.
   c.data.source = "auto"
   c.data.data_dir = ""  # '' = $HVAE_DATA_DIR
   c.data.train_split = "train"
@@ -100,7 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _CHOICES = {
-    "data.source": ("auto", "npz", "idx", "tfds", "mock"),
+    "data.source": ("auto", "npz", "idx", "tfds", "mock", "photos"),
     "model.name": ("hvae", "biva"),
     "model.likelihood": ("bernoulli", "dmol"),
     "model.upsample": ("subpixel", "transpose"),

@@ -8,7 +8,7 @@ axis of size 1) until a batch is handed to the model:
   that scores are reproducible (`eval_binarize`);
 * colour sets (`kind='discrete'`) stay uint8 in [0, 255] for the discretized likelihood.
 
-Four sources, one API (`load_images`):
+Five sources, one API (`load_images`):
 
 * `'npz'`: offline archives `{data_dir}/{name}.npz` with arrays `{split}_images` (uint8
   `[N, H, W]` or `[N, H, W, C]`); this is how real data is used on machines without internet.
@@ -27,6 +27,11 @@ Four sources, one API (`load_images`):
   evaluate) where the real data is not at hand, e.g. CIFAR10 -> SVHN offline. Its scores mean
   nothing: the mock draws the same images for every data set and split of one image shape, so
   a mock CIFAR10 -> SVHN run gives AUROC 0.5 by construction.
+* `'photos'`: real colour photographs that ship inside scikit-image and scikit-learn, cut into
+  patches of a colour data set's shape with a region-disjoint train/test split
+  (`hvae_jax/photos.py`). For training CIFAR-shaped models on natural images offline; like the
+  mock, every data set of one shape gets the same patches, so OOD scores between them mean
+  nothing.
 
 tensorflow_datasets is imported lazily so that the rest of the package works without it.
 """
@@ -47,12 +52,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from hvae_jax import image_keys
+from hvae_jax import image_keys, photos
 
 Array = jax.Array
 
 DATA_DIR_ENV = "HVAE_DATA_DIR"
-SOURCES = ("auto", "npz", "idx", "tfds", "mock")
+SOURCES = ("auto", "npz", "idx", "tfds", "mock", "photos")
 MOCK_EXAMPLES = 512
 KINDS = ("binary", "discrete")
 
@@ -134,8 +139,8 @@ def load_images(name: str, split: str, data_dir: Optional[str] = None, source: s
     data_dir: folder with `{name}.npz` archives, idx folders and/or tfds data; default
       `$HVAE_DATA_DIR`, else None (tfds default folder).
     source: 'npz', 'idx', 'tfds', 'auto' (npz if `{data_dir}/{name}.npz` exists, else idx
-      files if found, else tfds) or 'mock' (random images from tfds' mock, see the module
-      docstring).
+      files if found, else tfds), 'mock' (random images from tfds' mock) or 'photos' (patches
+      of real photographs, splits 'train' and 'test'); see the module docstring.
     download: tfds only: download and prepare the data set if it is not in `data_dir` yet.
 
   Raises:
@@ -146,6 +151,8 @@ def load_images(name: str, split: str, data_dir: Optional[str] = None, source: s
   spec = get_spec(name)
   if source not in SOURCES:
     raise ValueError(f"Unknown source {source!r}; choose one of {SOURCES}.")
+  if source == "photos":
+    return _check_images(photos.patches(split, spec.image_shape), spec, f"photos split {split!r}")
   if data_dir is None:
     data_dir = default_data_dir()
   npz_path = _npz_path(spec, data_dir)
