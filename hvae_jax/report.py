@@ -56,8 +56,9 @@ def markdown_report(results: dict) -> str:
     lines += [f"## {in_name} -> {ood_name} (paper Table 2), OOD = positive class", "",
               f"k by best AUROC (oracle, as the paper): `{res['k_best_auroc']}`. Combined "
               f"per-input rows: any_k (the paper's rule over every k), any_k_typ (plus a "
-              f"two-sided ELBO test), joint (a density over ELBO and every LLR^{{>k}}). FPR95 and "
-              f"AUPR-In follow OpenOOD (in-distribution positive); AUPR-Out = AUPRC.", ""]
+              f"two-sided ELBO test), joint / joint_k<k> (a robust density over the ELBO and "
+              f"every / one LLR^{{>k}}). FPR95 and AUPR-In follow OpenOOD (in-distribution "
+              f"positive); AUPR-Out = AUPRC.", ""]
     rows = [{"score": n, "AUROC": m["auroc"], "± SE": m["auroc_se"], "AUPRC": m["auprc"],
              "FPR80": m["fpr80"], "FPR95": m["fpr95"], "AUPR-In": m["aupr_in"],
              "examples/s": None if speed.get(n) is None else f"{speed[n]:.1f}"}
