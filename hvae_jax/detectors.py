@@ -30,6 +30,7 @@ p-value. p-values are smoothed empirical ones, the reference's Gaussian-kernel C
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from typing import Mapping, Optional, Sequence
@@ -92,15 +93,24 @@ def _log_tail_exact(r: np.ndarray, h: float, s: np.ndarray, upper: bool) -> np.n
   return out - math.log(len(r))
 
 
+@functools.lru_cache(maxsize=64)
+def _tail_table(reference_bytes: bytes, upper: bool) -> tuple[np.ndarray, float, np.ndarray,
+                                                             np.ndarray]:
+  """(reference, bandwidth, grid, log tail on the grid) of one reference, computed once."""
+  r = np.frombuffer(reference_bytes, np.float64)
+  h = _bandwidth(r)
+  grid = np.linspace(r.min() - 4 * h, r.max() + 4 * h, _GRID)
+  return r, h, grid, _log_tail_exact(r, h, grid, upper)
+
+
 def log_tail(reference: np.ndarray, s: np.ndarray, upper: bool = True) -> np.ndarray:
   """`[N]` log P(R >= s) (upper) or log P(R <= s) under the Gaussian-kernel smoothing of the
   `reference` values: a continuous empirical tail probability. Inside the reference's range
-  it is interpolated from a fine grid (it is smooth there); outside, computed exactly."""
-  r = np.asarray(reference, np.float64)
-  h = _bandwidth(r)
+  it is interpolated from a fine grid (it is smooth there; the grid is kept per reference);
+  outside, computed exactly."""
+  r, h, grid, table = _tail_table(np.asarray(reference, np.float64).tobytes(), bool(upper))
   s = np.asarray(s, np.float64)
-  grid = np.linspace(r.min() - 4 * h, r.max() + 4 * h, _GRID)
-  out = np.interp(s, grid, _log_tail_exact(r, h, grid, upper))
+  out = np.interp(s, grid, table)
   outside = (s < grid[0]) | (s > grid[-1])
   out[outside] = _log_tail_exact(r, h, s[outside], upper)
   return out
