@@ -10,11 +10,20 @@ its last stride-2 stage (4x4, 10 channels) stage 15: both lie above the ten used
 every latent of this model is 16x16. Each stage's spec serves both its BU and TD latents
 (the top stage has one latent, 20 channels).
 
+The model is hvae-oodd's `BIVA` (`model.biva_variant = 'hvae-oodd'`, what the authors' code
+behind the paper computes, its dropped skip connections included; models/biva.py lists them):
+20,985,976 parameters, the count of the torch model hvae-oodd builds from this layout
+(bench/ref_biva_params.py; tests/test_biva.py). As that code: ReLU in the blocks, ELU before
+the latent layers (its BIVA stages do not pass their activation to the stochastic layers),
+no activation before the logistic-mixture layer, the encoder sees k / 255. biva-pytorch's
+wiring (every skip acts; 22,468,024 parameters) is `--config.model.biva_variant=biva-pytorch`.
+
 Latent convs use the base `latent_kernel` = 3 (hvae-oodd's GaussianConv2d default, which the
 authors' code used); biva-pytorch's template instead gives each latent conv a kernel as wide
 as its feature map ('kernel': 16), a config change here (`model.latent_kernel = 16`) that
 takes the model from ~22 M to ~74 M parameters.
-Training schedule as the reference's CIFAR10 runs (2000 epochs, free bits 2, warm-up 200).
+Training schedule: as the authors' CIFAR10 command (hvae-oodd README; configs/cifar_hvae.py
+lists where ours differs: dequantization).
 
 `get_config('smoke')`: the same structure (stride-2 first stage, one BU and one TD latent a
 layer), 3 layers of 8 filters: seconds a step on a CPU, for checking a pipeline end to end,
@@ -34,7 +43,11 @@ def get_config(variant: str = ""):
   c.data.name = "cifar10"
   c.data.ood = ("svhn_cropped",)
   c.model.name = "biva"
+  c.model.biva_variant = "hvae-oodd"
   c.model.likelihood = "dmol"
+  c.model.colour_input = "unit"
+  c.model.latent_activation = "elu"
+  c.model.likelihood_activation = "identity"
   first = ((filters, 5, 1), (filters, 5, 1), (filters, 5, 2))
   rest = ((filters, 3, 1),) * 3
   c.model.blocks = (first,) + (rest,) * (num_layers - 1)

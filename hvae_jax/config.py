@@ -60,7 +60,14 @@ def base_config() -> ml_collections.ConfigDict:
   # k) or 'mean' (the reference's ood-llr.py); see HierarchicalModel in models/common.py.
   c.model.skip_inference = "sample"
   c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (scores stay float32)
-  c.model.biva_conditional_bu = False  # BIVA: condition p(z^BU_i) on z^TD_i too
+  c.model.biva_conditional_bu = False  # BIVA: condition p(z^BU_i) on z^TD_i too (biva-pytorch)
+  # BIVA's wiring: 'hvae-oodd' computes what the authors' code (the paper's numbers) computes,
+  # its dropped skip connections included; 'biva-pytorch' keeps every connection of BIVA as
+  # published (models/biva.py says which).
+  c.model.biva_variant = "hvae-oodd"
+  # What the encoder sees of uint8 colour images (dmol): 'unit' = k / 255 in [0, 1], as
+  # hvae-oodd (its data sets are ToTensor'd); 'signed' = k / 127.5 - 1 in [-1, 1].
+  c.model.colour_input = "unit"
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
@@ -107,6 +114,8 @@ _CHOICES = {
     "model.skip_mode": ("mean", "sample"),
     "model.skip_inference": ("sample", "mean"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.biva_variant": ("hvae-oodd", "biva-pytorch"),
+    "model.colour_input": ("unit", "signed"),
     "train.nan_policy": ("stop", "skip"),
 }
 _POSITIVE = ("train.batch_size", "train.learning_rate", "train.log_every_steps",
@@ -126,7 +135,9 @@ def _get(c: ml_collections.ConfigDict, dotted: str):
 
 # Keys whose default is not what checkpoints saved before the key existed were trained with.
 _SAVED_BEFORE_THE_KEY = {("model", "latent_activation"): "elu",
-                         ("model", "likelihood_activation"): "leaky_relu"}
+                         ("model", "likelihood_activation"): "leaky_relu",
+                         ("model", "biva_variant"): "biva-pytorch",
+                         ("model", "colour_input"): "signed"}
 
 
 def from_saved(saved: dict) -> ml_collections.ConfigDict:

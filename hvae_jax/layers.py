@@ -25,6 +25,8 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "leaky_relu": lambda x: nn.leaky_relu(x, 0.01),
     "swish": nn.swish,
     "gelu": nn.gelu,
+    # hvae-oodd's logistic-mixture likelihood applies no activation before its parameter layer.
+    "identity": lambda x: x,
 }
 
 
@@ -247,8 +249,9 @@ class ResBlock(nn.Module):
   is resampled to conv1's output with a strided or transposed conv, or a 1x1 conv when only
   the channels differ. An aux input that already has conv1's output shape goes through a 1x1
   conv when `same_shape_aux=True` (biva-pytorch) and is dropped otherwise, as hvae-oodd's
-  ResBlockConv2d does (its skip connections act only where the resolution changes). `residual=False` (first block of a stage fed directly by data or a
-  latent) skips both the input activation and the residual sum, as the reference does.
+  ResBlockConv2d does (its skip connections act only where the shape changes).
+  `residual=False` (first block of a stage fed directly by data or a latent) skips both the
+  input activation and the residual sum, as the reference does.
   """
   features: int
   kernel_size: int

@@ -79,7 +79,7 @@ def test_saved_configs_from_before_the_activation_keys_keep_their_activations():
   from hvae_jax import config as config_lib
   assert hvae_jax.base_config().model.latent_activation == "relu"
   saved = hvae_jax.load_config("fmnist_hvae").to_dict()
-  for key in ("latent_activation", "likelihood_activation"):
+  for key in ("latent_activation", "likelihood_activation", "biva_variant", "colour_input"):
     del saved["model"][key]
   old = config_lib.from_saved(saved)
   assert (old.model.latent_activation, old.model.likelihood_activation) == ("elu", "leaky_relu")
@@ -89,6 +89,9 @@ def test_saved_configs_from_before_the_activation_keys_keep_their_activations():
   assert (new.model.latent_activation, new.model.likelihood_activation) == ("relu", "relu")
   shipped = hvae_jax.load_model(os.path.join(REPO, "pretrained", "fmnist_hvae_small"))
   assert shipped.config.model.latent_activation == "elu"
+  # The same for BIVA's wiring and the colour scaling (issue 33): biva-pytorch's and [-1, 1].
+  assert (old.model.biva_variant, old.model.colour_input) == ("biva-pytorch", "signed")
+  assert (new.model.biva_variant, new.model.colour_input) == ("hvae-oodd", "unit")
 
 
 def test_build_model_defaults_to_the_datasets_image_shape():

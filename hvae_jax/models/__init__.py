@@ -22,13 +22,13 @@ def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, 
                 latent_activation=m.latent_activation,
                 likelihood_activation=m.likelihood_activation, latent_kernel=m.latent_kernel,
                 upsample=m.upsample, skip_mode=m.skip_mode, skip_inference=m.skip_inference,
-                dtype=_DTYPES[m.dtype])
+                colour_input=m.colour_input, dtype=_DTYPES[m.dtype])
   common.update(blocks=_as_tuple(m.blocks), latents=_as_tuple(m.latents))
   if m.name == "hvae":
     return HVAE(**common)
   if m.name == "biva":
     from hvae_jax.models.biva import BIVA  # pylint: disable=import-outside-toplevel
-    return BIVA(conditional_bu=m.biva_conditional_bu, **common)
+    return BIVA(conditional_bu=m.biva_conditional_bu, variant=m.biva_variant, **common)
   raise ValueError(f"Unknown model {m.name!r}; use 'hvae' or 'biva'.")
 
 

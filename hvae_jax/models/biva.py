@@ -26,12 +26,23 @@ Stage i (1-based) uses `blocks[i-1]` = ((features, kernel, stride), ...) for bot
 stacks, the reverse with transposed/upsampling convs for its generative stack, and
 `latents[i-1]` = (kind, features) for both of its latents (kind 'conv' or 'dense').
 
-Where hvae-oodd's code departs from biva-pytorch and BIVA as published, we follow the latter,
-so that every connection above acts: hvae-oodd's blocks drop an aux input that has their own
-shape (the TD merge would then ignore the top-down state, and most skips would vanish), and
-its intermediate stages drop the BU skip input (an inverted `skip_stochastic` test). Here, as
-in biva-pytorch, a same-resolution aux input enters through a 1x1 conv (`ResBlock(same_shape_aux=True)`). The
-generative stacks mirror the inference ones (reversed, as biva-pytorch and our HVAE).
+Two wirings (`variant`), the same layers otherwise:
+  'hvae-oodd' (default): what the authors' code behind the paper's numbers (hvae-oodd's
+    `BivaStage`) computes, three departures from BIVA as published included:
+    (1) a block ignores an aux input of exactly its own shape (ResBlockConv2d builds no aux
+        op for it), so only the skips that change resolution or channels act;
+    (2) the TD merge is built with an aux of its own shape, so by (1) q(z^TD_i | .) ignores
+        the top-down state d_{i+1} and sees h^TD_i alone;
+    (3) its intermediate stages mute the BU skip input [h^BU_{i-1}, h^TD_{i-1}] on
+        `if skip_stochastic: aux_shape = None` (inverted: the top stage tests `not`), so only
+        the top stage's BU blocks see it.
+    Its generative stacks run each stage's block list in the inference order (strided block
+    last, transposed), not reversed.
+  'biva-pytorch': every connection above acts, as in biva-pytorch: a same-shape aux enters
+    through a 1x1 conv (`ResBlock(same_shape_aux=True)`), the TD merge sees d_{i+1}, every
+    stage's BU blocks see the stage below, and the generative stacks mirror the inference
+    ones (reversed, as our HVAE). `conditional_bu` needs this variant (hvae-oodd's does not
+    build).
 """
 from __future__ import annotations
 
@@ -43,12 +54,13 @@ import jax.numpy as jnp
 
 from hvae_jax import distributions as dist
 from hvae_jax.layers import ResBlock
-from hvae_jax.models.common import (AsFeatureMap, Gaussian, HierarchicalModel, network_input,
-                                    split_key, standard_normal, use_prior_mask)
+from hvae_jax.models.common import (AsFeatureMap, Gaussian, HierarchicalModel, split_key,
+                                    standard_normal, use_prior_mask)
 from hvae_jax.models.hvae import stage_feature_shapes
 
 Array = jax.Array
 BlockSpec = tuple[int, int, int]
+VARIANTS = ("hvae-oodd", "biva-pytorch")
 
 
 @flax.struct.dataclass
@@ -62,12 +74,21 @@ class StagePosterior:
   h_td: Array
 
 
-def _run(stack, h: Array, aux) -> tuple[Array, list[Array]]:
-  """A block stack; `aux` is one array for every block, a per-block list, or None."""
+def _run(stack, h: Array, aux, declared: Optional[tuple[int, int, int]] = None
+         ) -> tuple[Array, list[Array]]:
+  """A block stack; `aux` is one array for every block, a per-block list, or None.
+
+  `declared` (hvae-oodd's generative stacks): the `(h, w, c)` its blocks were built to take
+  as aux, the stage's own feature shape; a block whose conv1 output has that shape built no
+  aux op and ignores its skip, whatever the skip's shape (departure 1).
+  """
   per_block = isinstance(aux, (list, tuple))
   outs = []
   for j, blk in enumerate(stack):
-    h = blk(h, (aux[j] if j < len(aux) else None) if per_block else aux)
+    a = (aux[j] if j < len(aux) else None) if per_block else aux
+    if declared is not None and (*h.shape[1:3], blk.features) == tuple(declared):
+      a = None
+    h = blk(h, a)
     outs.append(h)
   return h, outs
 
@@ -90,6 +111,7 @@ class BIVA(HierarchicalModel):
   likelihood, uint8 for the discretized logistic mixture ('dmol').
   """
   conditional_bu: bool = False
+  variant: str = "hvae-oodd"
 
   @property
   def latent_layers(self) -> tuple[int, ...]:
@@ -106,10 +128,16 @@ class BIVA(HierarchicalModel):
     if n < 2:
       raise ValueError("BIVA needs at least 2 layers (model.blocks with >= 2 stages).")
     self.check_modes()
+    if self.variant not in VARIANTS:
+      raise ValueError(f"BIVA variant must be one of {VARIANTS}, got {self.variant!r}.")
+    published = self.variant == "biva-pytorch"
+    if self.conditional_bu and not published:
+      raise ValueError("conditional_bu is a biva-pytorch option (hvae-oodd's BIVA does not build "
+                       "with it): set model.biva_variant = 'biva-pytorch'.")
     self.feature_shapes = shapes = stage_feature_shapes(self.image_shape, self.blocks)
     block = lambda spec, transposed=False, residual=True, stride=None: ResBlock(
         spec[0], spec[1], spec[2] if stride is None else stride, transposed, residual,
-        self.activation, self.upsample, self.dtype, same_shape_aux=True)
+        self.activation, self.upsample, self.dtype, same_shape_aux=published)
     latent = self.make_latent
     # Inference: the first block of stage 1 sees the raw image (no residual, as the reference).
     inference_stack = lambda i, stage: [block(spec, residual=i > 0 or j > 0)
@@ -132,7 +160,8 @@ class BIVA(HierarchicalModel):
       self.bu_cond = [block(self.blocks[i][-1], residual=False, stride=1) for i in inter]
     self.z_proj = [AsFeatureMap(shapes[i], self.dtype) for i in range(n)]
     self.p_blocks = [[block(spec, transposed=True, residual=j > 0)
-                      for j, spec in enumerate(reversed(stage))] for stage in self.blocks]
+                      for j, spec in enumerate(reversed(stage) if published else stage)]
+                     for stage in self.blocks]
     self.lik = self.make_likelihood()
 
   def infer(self, x: Array, key: Optional[Array], n_skip=0) -> tuple[Any, ...]:
@@ -143,7 +172,7 @@ class BIVA(HierarchicalModel):
     skip_inference='mean' and for every layer when `key` is None.
     """
     n = len(self.blocks)
-    h_in = network_input(x, self.likelihood, self.dtype)
+    h_in = self.network_input(x)
     x_bu, x_td, aux = h_in, h_in, None
     keys = split_key(key, n)
     at_mean = self.at_mean_in_inference(tuple(range(1, n)), n_skip)  # BU latents, per layer
@@ -156,7 +185,9 @@ class BIVA(HierarchicalModel):
         q_bu = q_bu.replace(z=jnp.where(at_mean[i], q_bu.mean, q_bu.z))
         posteriors.append(StagePosterior(bu=q_bu, h_td=h_td))
         x_bu, x_td = self.bu_proj[i](q_bu.z), h_td
-        aux = jnp.concatenate([h_bu, h_td], axis=-1)
+        # hvae-oodd: only the top stage's BU blocks see the stage below (departure 3).
+        aux = (jnp.concatenate([h_bu, h_td], axis=-1)
+               if self.variant == "biva-pytorch" or i == n - 2 else None)
       else:
         h = self.q_top(jnp.concatenate([h_bu, h_td], axis=-1))
         posteriors.append(self.q_top_latent(h, keys[i]))
@@ -202,7 +233,8 @@ class BIVA(HierarchicalModel):
         if posteriors is None:
           z_td, kl_td = z_td_p, jnp.zeros_like(z_td_p)
         else:
-          q_td = self.q_td_latents[i](self.td_merge[i](posteriors[i].h_td, d), k_q)
+          merge_aux = d if self.variant == "biva-pytorch" else None  # departure 2
+          q_td = self.q_td_latents[i](self.td_merge[i](posteriors[i].h_td, merge_aux), k_q)
           z_td = jnp.where(from_prior[i], z_td_p, q_td.z)
           kl_td = jnp.where(from_prior[i], 0.0,
                             q_td.log_prob(q_td.z) - p_td.log_prob(q_td.z))
@@ -222,5 +254,6 @@ class BIVA(HierarchicalModel):
         kls[2 * i], kls[2 * i + 1] = kl_bu, kl_td
         z = jnp.concatenate([z_td, z_bu], axis=-1)
       h = self.z_proj[i](z)
-      d, skips = _run(self.p_blocks[i], h, skips)
+      declared = None if self.variant == "biva-pytorch" else self.feature_shapes[i]
+      d, skips = _run(self.p_blocks[i], h, skips, declared)
     return d, tuple(kls)

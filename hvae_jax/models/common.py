@@ -127,11 +127,8 @@ class Likelihood(nn.Module):
     return dist.dmol_sample(key, p, self.num_mix)
 
 
-def network_input(x: Array, likelihood: str, dtype) -> Array:
-  """What the encoder sees: binarized floats as they are, uint8 colour scaled to [-1, 1]."""
-  if likelihood == "dmol":
-    return (x.astype(jnp.float32) / 127.5 - 1.0).astype(dtype)
-  return x.astype(dtype)
+# uint8 colour k -> k / divisor + shift, as the encoder sees it (HierarchicalModel.colour_input).
+COLOUR_INPUTS = {"unit": (255.0, 0.0), "signed": (127.5, -1.0)}
 
 
 def use_prior_mask(latent_layers: tuple[int, ...], n_skip) -> Array:
@@ -173,6 +170,7 @@ class HierarchicalModel(nn.Module):
       (bench/results/skip_inference_cpu_2026-12-03.md).
   A key of None puts every latent at its mean (posterior means in inference, prior means
   where a latent comes from the prior): a deterministic pass, the reference's use_mode=True.
+  colour_input: how uint8 colour images are scaled for the encoder (`network_input`).
   """
   image_shape: tuple[int, int, int]
   blocks: tuple[tuple[tuple[int, int, int], ...], ...]
@@ -186,6 +184,7 @@ class HierarchicalModel(nn.Module):
   upsample: str = "transpose"
   skip_mode: str = "mean"
   skip_inference: str = "sample"
+  colour_input: str = "unit"
   dtype: Any = jnp.float32
 
   def check_modes(self):
@@ -197,6 +196,17 @@ class HierarchicalModel(nn.Module):
     """A Gaussian latent layer for `spec` = (kind, features)."""
     return GaussianLatent(spec[0], spec[1], self.latent_kernel, self.dtype,
                           self.latent_activation)
+
+  def network_input(self, x: Array) -> Array:
+    """What the encoder sees: binarized floats as they are, uint8 colour `[batch, H, W, C]`
+    scaled to [0, 1] (colour_input 'unit', as hvae-oodd) or [-1, 1] ('signed')."""
+    if self.likelihood != "dmol":
+      return x.astype(self.dtype)
+    if self.colour_input not in COLOUR_INPUTS:
+      raise ValueError(f"colour_input must be one of {sorted(COLOUR_INPUTS)}, got "
+                       f"{self.colour_input!r}.")
+    divisor, shift = COLOUR_INPUTS[self.colour_input]
+    return (x.astype(jnp.float32) / divisor + shift).astype(self.dtype)
 
   def make_likelihood(self) -> Likelihood:
     return Likelihood(self.likelihood, self.image_shape[-1], self.num_mix, self.dtype,

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 
 from hvae_jax import distributions as dist
 from hvae_jax.layers import ResBlock
-from hvae_jax.models.common import (AsFeatureMap, Gaussian, HierarchicalModel, network_input,
-                                    split_key, standard_normal, use_prior_mask)
+from hvae_jax.models.common import (AsFeatureMap, Gaussian, HierarchicalModel, split_key,
+                                    standard_normal, use_prior_mask)
 
 Array = jax.Array
 BlockSpec = tuple[int, int, int]
@@ -80,7 +80,7 @@ class HVAE(HierarchicalModel):
     z is a sample, or the mean for the `n_skip` lowest with skip_inference='mean' and for
     every latent when `key` is None.
     """
-    h_in = network_input(x, self.likelihood, self.dtype)
+    h_in = self.network_input(x)
     aux = None
     posteriors = []
     keys = split_key(key, len(self.q_latents))
