@@ -39,7 +39,7 @@ def _data_dir_problem(config) -> Optional[str]:
   path = os.path.expanduser(path)
   if not os.path.exists(path):
     return (f"{where}={path}: no such directory; pass the folder holding "
-            f"{config.data.name}.npz (or --config.data.source=tfds to download with internet).")
+            f"{config.data.name}.npz, or leave it unset to find or download the data.")
   if not os.path.isdir(path):
     return f"{where}={path} is a file; pass the folder holding {config.data.name}.npz."
   return None
