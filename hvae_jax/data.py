@@ -136,8 +136,8 @@ def load_images(name: str, split: str, data_dir: Optional[str] = None, source: s
     data_dir: folder with `{name}.npz` archives, idx folders and/or tfds data; default
       `$HVAE_DATA_DIR`, else None (tfds default folder).
     source: 'npz', 'idx', 'tfds', 'auto' (npz if `{data_dir}/{name}.npz` exists, else idx
-      files if found, else downloaded: FashionMNIST and MNIST's official files, tfds otherwise) or 'mock' (random images from tfds' mock, see the module
-      docstring).
+      files if found, else downloaded: FashionMNIST and MNIST's official files, tfds
+      otherwise) or 'mock' (random images from tfds' mock, see the module docstring).
     download: when no local copy is found, fetch the official idx files of FashionMNIST and
       MNIST into the cache folder (`download.py`, source 'auto'), and let tfds download
       and prepare other data sets.

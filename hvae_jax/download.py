@@ -35,21 +35,22 @@ class Remote(NamedTuple):
   sha256: str
 
 
-# The official image files per (data set, split); the label files are not needed.
-FILES: dict[tuple[str, str], Remote] = {
-    ("fashion_mnist", "train"): Remote(
-        "train-images-idx3-ubyte.gz", 26421880,
-        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
-    ("fashion_mnist", "test"): Remote(
-        "t10k-images-idx3-ubyte.gz", 4422102,
-        "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
-    ("mnist", "train"): Remote(
-        "train-images-idx3-ubyte.gz", 9912422,
-        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
-    ("mnist", "test"): Remote(
-        "t10k-images-idx3-ubyte.gz", 1648877,
-        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+# The official image file of each split (the label files beside them are not needed), and its
+# size in bytes and SHA-256 per data set.
+_SPLIT_FILES = {"train": "train-images-idx3-ubyte.gz", "test": "t10k-images-idx3-ubyte.gz"}
+_CHECKSUMS = {
+    ("fashion_mnist", "train"):
+        (26421880, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+    ("fashion_mnist", "test"):
+        (4422102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+    ("mnist", "train"):
+        (9912422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+    ("mnist", "test"):
+        (1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
 }
+FILES: dict[tuple[str, str], Remote] = {
+    (name, split): Remote(_SPLIT_FILES[split], size, sha256)
+    for (name, split), (size, sha256) in _CHECKSUMS.items()}
 
 # Base URLs holding the files above, tried in order: the data sets' own hosts first, then the
 # copies tfds and torchvision download from.

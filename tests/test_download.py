@@ -79,7 +79,8 @@ def test_download_verifies_caches_and_reads(server, tmp_path, capsys):
   x = data.load_images("fashion_mnist", "test", data_dir=str(empty))  # 'auto': no local copy
   np.testing.assert_array_equal(x[..., 0], IMAGES)
   assert _cache_files(tmp_path) == [os.path.join("fashion_mnist", "t10k-images-idx3-ubyte.gz")]
-  assert f"Downloading fashion_mnist test images (0.0 MB) from {server.url}" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert f"Downloading fashion_mnist test images (0.0 MB) from {server.url}" in out
   # The cache is a data folder like any other: read again without a request.
   np.testing.assert_array_equal(data.load_images("fashion_mnist", "test", source="idx")[..., 0],
                                 IMAGES)

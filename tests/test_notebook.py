@@ -1,4 +1,5 @@
-"""The Colab notebook runs top to bottom (tiny config, offline data) and produces its outputs."""
+"""The Colab notebook: its setup cell as Colab runs it, and the whole notebook top to bottom
+with the shipped paper model (the default) and with a tiny model it trains (offline data)."""
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import types
 import jax
 import nbformat
 import pytest
+from IPython.core.inputtransformer2 import TransformerManager
 from nbclient import NotebookClient
 
 from tests.helpers import DATA_DIR, REPO
@@ -56,7 +58,6 @@ def test_install_cell_only_runs_on_colab():
 def _setup_cell_on_colab(monkeypatch, source: str) -> tuple[dict, list[str]]:
   """Runs the setup cell as Colab would (shell lines through IPython's transformer), with
   `SOURCE` set to `source`; returns its namespace and the shell commands it ran."""
-  from IPython.core.inputtransformer2 import TransformerManager  # pylint: disable=import-outside-toplevel
   cell = next(c.source for c in _read().cells
               if c.cell_type == "code" and "IN_COLAB =" in c.source)
   assert 'SOURCE = "SET-ME' in cell
@@ -68,7 +69,8 @@ def _setup_cell_on_colab(monkeypatch, source: str) -> tuple[dict, list[str]]:
   # IPython fills {name} in shell lines from the cell's variables.
   shell = types.SimpleNamespace(system=lambda line: commands.append(line.format(**ns)))
   ns["get_ipython"] = lambda: shell
-  exec(compile(TransformerManager().transform_cell(cell), "setup_cell", "exec"), ns)  # pylint: disable=exec-used
+  python = TransformerManager().transform_cell(cell)  # `!cmd` -> get_ipython().system(...)
+  exec(compile(python, "setup_cell", "exec"), ns)  # pylint: disable=exec-used
   return ns, commands
 
 
