@@ -147,7 +147,7 @@ def test_offline_without_data_is_one_line_naming_the_ways(tmp_path):
   env[download.CACHE_ENV] = str(tmp_path / "cache")
   proc = subprocess.run([sys.executable, "train.py", "--config=configs/tiny.py",
                          f"--workdir={tmp_path / 'run'}"], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=120, check=False)
+                        capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 1, proc.stderr
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr

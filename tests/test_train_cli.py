@@ -113,7 +113,7 @@ def test_sigterm_during_start_up_says_interrupted(tmp_path):
     if line.startswith("JAX devices:"):
       break
   proc.send_signal(signal.SIGTERM)
-  out, err = proc.communicate(timeout=120)
+  out, err = proc.communicate(timeout=600)
   out = "".join(lines) + out
   assert proc.returncode == 130, (out, err)
   interrupted = [l for l in out.splitlines() if l.startswith("Interrupted")]
