@@ -142,7 +142,8 @@ def _execute(tmp_path, monkeypatch, **extra_env):
   for k, v in env.items():
     monkeypatch.setenv(k, v)  # the kernel inherits the environment (XLA_FLAGS: 2 CPU devices)
   nb = _read()
-  NotebookClient(nb, timeout=900, kernel_name="python3",
+  # Per cell: the paper model's evaluation took over 900 s on a heavily loaded 2-core machine.
+  NotebookClient(nb, timeout=1800, kernel_name="python3",
                  resources={"metadata": {"path": str(tmp_path)}}).execute()
   return nb, "\n".join(_text(c) for c in nb.cells if c.cell_type == "code"), run_dir
 
@@ -202,4 +203,4 @@ def test_notebook_trains_tiny_and_runs_end_to_end(tmp_path, monkeypatch):
   results, _ = _check_evaluation_and_verdicts(nb, text, run_dir,
                                               run_dir / "eval" / "threshold.json")
   assert results["model"] == str(run_dir)
-  assert time.time() - t0 < 900
+  assert time.time() - t0 < 1800
