@@ -48,7 +48,7 @@ def summary(workdir: str, tiny: bool, seconds: int) -> list[str]:
   ]
   if tiny:
     tiny_llr = _auroc(_results(os.path.join(workdir, "eval")), "llr_k1")
-    lines.append(f"The tiny model (trained above in seconds) checks that training, resuming and "
+    lines.append(f"The tiny model trained above (400 steps) checks that training, resuming and "
                  f"evaluation work; its LLR^{{>1}} AUROC {tiny_llr:.3f} depends on the seed and "
                  f"says little about the method.")
   folders = [paper_dir] + ([os.path.join(workdir, "eval")] if tiny else [])
