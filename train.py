@@ -5,6 +5,7 @@ Override any knob from the command line, e.g. --config.train.batch_size=64.
 Ctrl-C saves the last completed step and stops; a second Ctrl-C quits without saving.
 """
 import os
+import signal
 from typing import Optional
 
 from absl import app, flags, logging
@@ -38,7 +39,7 @@ def _data_dir_problem(config) -> Optional[str]:
   path = os.path.expanduser(path)
   if not os.path.exists(path):
     return (f"{where}={path}: no such directory; pass the folder holding "
-            f"{config.data.name}.npz (or --config.data.source=tfds to download with internet).")
+            f"{config.data.name}.npz, or leave it unset to find or download the data.")
   if not os.path.isdir(path):
     return f"{where}={path} is a file; pass the folder holding {config.data.name}.npz."
   return None
@@ -72,15 +73,22 @@ def main(argv):
     config_lib.validate(config)  # again in train_and_evaluate; here before JAX starts up
   except ValueError as e:
     _exit_with(e)
-  import jax  # pylint: disable=import-outside-toplevel
+  # Until train_lib takes over, SIGTERM stops the start-up as Ctrl-C does, with one line.
+  previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
   try:
+    import jax  # pylint: disable=import-outside-toplevel
     multihost.initialize_from_flags()
+    from hvae_jax import train_lib  # pylint: disable=import-outside-toplevel
+    print(f"JAX devices: {jax.devices()}")  # starts the backends: seconds on some machines
   except (RuntimeError, ValueError) as e:  # no coordinator found or reachable
     _exit_with(e)
-  from hvae_jax import train_lib  # pylint: disable=import-outside-toplevel
+  except KeyboardInterrupt:
+    print("Interrupted during start-up, before training began; rerun the same command.")
+    raise SystemExit(130) from None
+  finally:
+    signal.signal(signal.SIGTERM, previous)
   if FLAGS.data_dir:
     config.data.data_dir = FLAGS.data_dir
-  print(f"JAX devices: {jax.devices()}")
   try:
     train_lib.train_and_evaluate(config, FLAGS.workdir)
   except (ValueError, OSError, train_lib.TrainingError,

@@ -29,7 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "fashion_mnist"
-  # 'auto' (local .npz if present, else official idx files if found, else tfds), 'npz',
+  # 'auto' (local .npz if present, else official idx files if found, else
+  # downloaded: the official files of FashionMNIST and MNIST, tfds otherwise), 'npz',
   # 'idx', 'tfds', 'mock' or 'photos' (real photographs, offline); see hvae_jax/data.py.
   c.data.source = "auto"
   c.data.data_dir = ""  # '' = $HVAE_DATA_DIR

@@ -16,8 +16,10 @@ Five sources, one API (`load_images`):
   `t10k-images-idx3-ubyte`, plain or `.gz`), as the official downloads and Debian's
   `apt-get install dataset-fashion-mnist` ship them. MNIST and Fashion-MNIST use the same file
   names, so they are only read from a folder named after the data set (`IDX_FOLDERS`):
-  `{data_dir}/<folder>/`, `data_dir` itself when it has that name, or
-  `/usr/share/datasets/<folder>/` (where the Debian package installs Fashion-MNIST).
+  `{data_dir}/<folder>/`, `data_dir` itself when it has that name, the download cache, or
+  `/usr/share/datasets/<folder>/` (where the Debian package installs Fashion-MNIST). With no
+  copy anywhere, FashionMNIST and MNIST are fetched into the cache (`download.py`: published
+  checksums verified, atomic writes).
 * `'tfds'`: `tfds.data_source` (random access over array_record files). Reading needs no
   TensorFlow, also under `tfds.testing.mock_data`; it downloads and prepares the data set on
   first use, and that one-time step does need TensorFlow (tfds 4.9.10's builders use
@@ -52,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from hvae_jax import download as download_lib
 from hvae_jax import image_keys, photos
 
 Array = jax.Array
@@ -139,13 +142,17 @@ def load_images(name: str, split: str, data_dir: Optional[str] = None, source: s
     data_dir: folder with `{name}.npz` archives, idx folders and/or tfds data; default
       `$HVAE_DATA_DIR`, else None (tfds default folder).
     source: 'npz', 'idx', 'tfds', 'auto' (npz if `{data_dir}/{name}.npz` exists, else idx
-      files if found, else tfds), 'mock' (random images from tfds' mock) or 'photos' (patches
-      of real photographs, splits 'train' and 'test'); see the module docstring.
-    download: tfds only: download and prepare the data set if it is not in `data_dir` yet.
+      files if found, else downloaded: FashionMNIST and MNIST's official files, tfds
+      otherwise), 'mock' (random images from tfds' mock, see the module docstring) or 'photos'
+      (patches of real photographs, splits 'train' and 'test').
+    download: when no local copy is found, fetch the official idx files of FashionMNIST and
+      MNIST into the cache folder (`download.py`, source 'auto'), and let tfds download
+      and prepare other data sets.
 
   Raises:
     ValueError: unknown data set, source or split; unreadable or malformed npz or idx file.
-    FileNotFoundError: source='npz' or 'idx' and the file is not there.
+    FileNotFoundError: source='npz' or 'idx' and the file is not there, or it could not be
+      downloaded (`download.DownloadError`).
     RuntimeError: tfds failed (typically: no internet); wraps the original error.
   """
   spec = get_spec(name)
@@ -160,6 +167,9 @@ def load_images(name: str, split: str, data_dir: Optional[str] = None, source: s
   if source == "npz" or (source == "auto" and npz_path is not None and os.path.isfile(npz_path)):
     return _load_npz(name, spec, split, npz_path)
   idx_path = _idx_path(spec, split, data_dir)
+  if idx_path is None and source == "auto" and download and download_lib.available(name, split):
+    # The official file into the cache, verified; offline, one line on how to provide it.
+    idx_path = download_lib.fetch(name, split, offline_hint=_offline_hint(name))
   if source == "idx" or (source == "auto" and idx_path is not None):
     return _load_idx(name, spec, split, data_dir, idx_path)
   # 'auto' falling through to tfds: say where the npz was looked for, if the download fails.
@@ -234,7 +244,7 @@ def _check_images(images: np.ndarray, spec: DatasetSpec, where: str) -> np.ndarr
 
 def _idx_folders(spec: DatasetSpec, data_dir: Optional[str]) -> list[str]:
   """Folders that may hold the data set's idx files, in the order they are tried."""
-  roots = list(SYSTEM_DATA_DIRS)
+  roots = [download_lib.cache_dir(), *SYSTEM_DATA_DIRS]
   folders = []
   if data_dir is not None:
     data_dir = os.path.expanduser(str(data_dir))

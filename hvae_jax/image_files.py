@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import glob
 import os
+import warnings
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -27,6 +28,9 @@ RESIZE = {
 _MODE_NAMES = {"1": "1-bit", "L": "greyscale", "LA": "greyscale+alpha", "P": "palette",
                "PA": "palette+alpha", "I": "32-bit greyscale"}
 _NOTES = {  # in the order `load_image` applies them
+    "large": "decoded {n} very large image{s} ({sources} pixels; Pillow warns above {to} pixels "
+             "of possible decompression bombs, which can exhaust memory)",
+    "frames": "scored only the first frame of {n} animated or multi-page image{s} ({sources})",
     "exif": "rotated {n} image{s} upright as their EXIF orientation says",
     "alpha": "flattened {n} image{s} with transparent pixels onto black",
     "mode": "converted {n} image{s} from {sources} to {to}",
@@ -107,7 +111,15 @@ def load_image(path: str, image_shape: Sequence[int], resize: str = "pad",
   target = "L" if c == 1 else "RGB"
   done = []
   try:
-    with Image.open(path) as img:
+    # Pillow's DecompressionBombWarning becomes one note, not a raw warning per file.
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always", Image.DecompressionBombWarning)
+      img = Image.open(path)
+    with img:
+      if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+        done.append(("large", f"{img.width}x{img.height}", f"{Image.MAX_IMAGE_PIXELS:,}"))
+      if getattr(img, "n_frames", 1) > 1:  # GIF, APNG, WebP, TIFF pages: frame 0 is loaded
+        done.append(("frames", f"{img.format}, {img.n_frames} frames", "first frame"))
       img.load()
       source = img.mode
       orientation = img.getexif().get(0x0112, 1)  # the EXIF Orientation tag; 1 = upright

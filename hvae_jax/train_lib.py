@@ -159,15 +159,22 @@ def evaluate_bpd(eval_fn, params, images: np.ndarray, batch_size: int, key: Arra
 
 
 class MetricWriter:
-  """Metrics to a JSON-lines file and TensorBoard event files in the workdir (host 0 only)."""
+  """Metrics to a JSON-lines file and TensorBoard event files in the workdir (host 0 only).
 
-  def __init__(self, workdir: str):
+  A run resumed at step `start` replays the steps after it, whose rows a killed run may have
+  written already: those rows are dropped from metrics.jsonl (and a line cut off by the kill)
+  and TensorBoard is told to hide its events from step `start + 1` on, so each step shows once.
+  """
+
+  def __init__(self, workdir: str, start: int = 0):
     self.active = jax.process_index() == 0
     if not self.active:
       return
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    path = os.path.join(workdir, "metrics.jsonl")
+    _keep_rows_up_to(path, start)
+    self.jsonl = open(path, "a", encoding="utf-8")
+    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start + 1)
 
   def write(self, step: int, split: str, scalars: dict[str, float]):
     if not self.active:
@@ -182,6 +189,27 @@ class MetricWriter:
     if self.active:
       self.jsonl.close()
       self.tb.close()
+
+
+def _keep_rows_up_to(path: str, step: int) -> None:
+  """Rewrites the JSON-lines file `path` (atomically) without its rows of steps after `step`
+  and without lines that do not parse; leaves it alone when there is nothing to drop."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    except (ValueError, KeyError, TypeError):
+      pass  # cut off mid-write by a kill
+  if kept == lines:
+    return
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(path + ".tmp", path)
 
 
 def _scalars(metrics: dict) -> dict[str, float]:
@@ -340,15 +368,56 @@ def _make_workdir(workdir: str) -> None:
                      "existing directory.") from None
 
 
+class _InterruptOnSigterm:
+  """Until `end()` (the start of the training loop, whose `_StopOnInterrupt` takes over),
+  SIGTERM raises KeyboardInterrupt as Ctrl-C does: stopping during the start-up (data, init,
+  restore, compilation) then says so in one line instead of dying silently with exit 143."""
+
+  def __init__(self):
+    self.active = False
+    self._previous = None
+
+  def __enter__(self) -> _InterruptOnSigterm:
+    self.active = True
+    if (threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN):
+      self._previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    return self
+
+  def end(self) -> None:
+    """The start-up is over: SIGTERM is handled as before."""
+    self.active = False
+    self.__exit__()
+
+  def __exit__(self, *exc_info: Any) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config` in `workdir`, resuming from its newest intact checkpoint if there is one.
 
   Ctrl-C or SIGTERM saves the last completed step and stops (KeyboardInterrupt); a second one
-  quits without saving. With several processes (after `jax.distributed.initialize()`) every one
-  calls this with the same config and a shared `workdir`; each reads only its rows of every
-  global batch, and process 0 alone writes the logs, samples and config.json. A signal to any
-  of them stops all at one agreed step (`multihost.StopAgreement`), each saying so.
+  quits without saving; during the start-up they stop at once, with nothing to save. With several
+  processes (after `jax.distributed.initialize()`) every one calls this with the same config and
+  a shared `workdir`; each reads only its rows of every global batch, and process 0 alone writes
+  the logs, samples and config.json. A signal to any of them during training stops all at one
+  agreed step (`multihost.StopAgreement`), each saying so.
   """
+  startup = _InterruptOnSigterm()
+  try:
+    with startup:
+      return _train_and_evaluate(config, workdir, startup)
+  except KeyboardInterrupt:
+    if startup.active:
+      print(f"Interrupted during start-up, before the first training step: nothing to save; "
+            f"rerun the same command to start (or resume) in {workdir}.", flush=True)
+    raise
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        startup: _InterruptOnSigterm) -> TrainState:
   config_lib.validate(config)
   t = config.train
   n_dev = jax.device_count()
@@ -398,9 +467,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if jax.process_index() == 0:
       with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(metadata, f, indent=1)
-    writer = MetricWriter(workdir)
-    cleanup.callback(writer.close)
     start = int(state.step)
+    writer = MetricWriter(workdir, start)
+    cleanup.callback(writer.close)
     bar = tqdm(total=total_steps, initial=start, desc="train", unit="step",
                disable=jax.process_index() != 0, dynamic_ncols=True)
     cleanup.callback(bar.close)
@@ -411,6 +480,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     # Every process stops at the same step, whichever of them got the signal.
     agreement = multihost.StopAgreement(start)
     cleanup.callback(agreement.close)
+    startup.end()
     try:
       with _StopOnInterrupt() as interrupt:
         for step, batch in batches.iterate(start):

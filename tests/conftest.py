@@ -19,6 +19,12 @@ jax.config.update("jax_compilation_cache_dir",
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
+# No test reaches the internet or the user's download cache (subprocesses inherit this): data
+# downloads go to a throwaway folder from a port where nothing listens; test_download.py
+# serves its files from a local server.
+os.environ["HVAE_CACHE_DIR"] = tempfile.mkdtemp(prefix="hvae_jax_test_downloads_")
+os.environ["HVAE_DATA_MIRROR"] = "http://127.0.0.1:9/"
+
 
 import pytest  # pylint: disable=wrong-import-position
 

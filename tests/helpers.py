@@ -36,6 +36,12 @@ def mnist_slice(n, seed=0):
   return x[np.random.default_rng(seed).permutation(len(x))[:n]]
 
 
+def idx_bytes(images: np.ndarray) -> bytes:
+  """An idx file as the official ones: magic 0x0803 for uint8 3-D, big-endian dims, pixels."""
+  return (bytes([0, 0, 0x08, images.ndim]) + np.asarray(images.shape, ">u4").tobytes()
+          + images.tobytes())
+
+
 def tiny_model_and_params(config=None, image_shape=(28, 28, 1), seed=0):
   """A model and its (data-dependently initialised) params; the default tiny one is cached."""
   if config is None:

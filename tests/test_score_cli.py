@@ -133,6 +133,36 @@ def test_conversion_notes_count_each_kind_once():
       "converted 3 images from RGB (2), palette (1) to greyscale"]
 
 
+def test_animated_image_is_read_at_its_first_frame_with_a_note(tmp_path):
+  frames = [Image.fromarray(_grey(seed)) for seed in range(3)]
+  frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+  c = image_files.load_image(str(tmp_path / "anim.gif"), (28, 28, 1))
+  first = np.asarray(Image.open(tmp_path / "anim.gif").convert("L"))  # frame 0 as Pillow opens it
+  np.testing.assert_array_equal(c.pixels[..., 0], first)
+  assert c.conversions[0] == ("frames", "GIF, 3 frames", "first frame")
+  assert image_files.conversion_notes([c.conversions])[0] == (
+      "scored only the first frame of 1 animated or multi-page image (GIF, 3 frames)")
+
+
+@needs_data
+def test_huge_and_animated_images_get_one_note_each_not_raw_warnings(tmp_path):
+  """A 12000x12000 PNG (over Pillow's 89.5 M pixel warning limit, under its error limit) and
+  an animated GIF through the command line: one note each, no DecompressionBombWarning."""
+  Image.new("L", (12000, 12000), 0).save(tmp_path / "huge.png")
+  frames = [Image.fromarray(_grey(seed)) for seed in range(2)]
+  frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+  r = subprocess.run([sys.executable, "-m", "hvae_jax.score", f"--checkpoint={PRETRAINED}",
+                      "huge.png", "anim.gif", f"--output={tmp_path / 'out'}"], cwd=tmp_path,
+                     capture_output=True, text=True, check=False,
+                     env=dict(os.environ, PYTHONPATH=REPO))
+  assert r.returncode == 0, r.stderr
+  assert "DecompressionBomb" not in r.stderr and "Image.py" not in r.stderr, r.stderr
+  notes = [l for l in r.stderr.splitlines() if l.startswith("note: ")]
+  assert sum("very large image (12000x12000 pixels;" in l for l in notes) == 1, notes
+  assert sum("first frame of 1 animated or multi-page image (GIF, 2 frames)" in l
+             for l in notes) == 1, notes
+
+
 def test_default_output_is_under_workdirs_named_after_the_run(tmp_path):
   out = lambda p: evaluation.default_output_dir(p, "score")
   assert out(PRETRAINED) == os.path.join("workdirs", "fmnist_hvae_small", "score")

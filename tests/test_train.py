@@ -3,7 +3,9 @@ Ctrl-C, no host sync per step."""
 import json
 import os
 import re
+import shutil
 import signal
+import struct
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +73,41 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
   resumed = train_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert int(resumed.step) == 40
   _leaves_close(full.params, resumed.params, rtol=1e-5, atol=1e-6)
+
+
+def _tensorboard_events(path):
+  """The events of one TensorBoard event file (TFRecord framing: length, CRC, data, CRC)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  raw, i, events = open(path, "rb").read(), 0, []
+  while i < len(raw):
+    n = struct.unpack("<Q", raw[i:i + 8])[0]
+    events.append(event_pb2.Event.FromString(raw[i + 12:i + 12 + n]))
+    i += 12 + n + 4
+  return events
+
+
+def test_resume_after_sigkill_keeps_one_metrics_row_per_step(tmp_path):
+  """A SIGKILL after step 40's rows were written but before its checkpoint reached disk (as
+  here: step 40 removed, a row cut off mid-write): the resumed run replays steps 21..40 and
+  their rows replace the old ones; TensorBoard is told to hide the old events from step 21."""
+  config = tiny_config(train__sample_grid=0, train__max_steps=40,
+                       train__checkpoint_every_steps=20, train__eval_every_epochs=0.01)
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / "metrics.jsonl", encoding="utf-8") as f:
+    uninterrupted = [(r["step"], r["split"]) for r in map(json.loads, f)]
+  assert max(s for s, _ in uninterrupted) == 40 and len(set(uninterrupted)) == len(uninterrupted)
+  shutil.rmtree(tmp_path / "checkpoints" / "40")
+  with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+    f.write('{"step": 4')  # the kill's cut-off line
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / "metrics.jsonl", encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f]
+  assert [(r["step"], r["split"]) for r in rows] == uninterrupted
+  runs = sorted(os.listdir(tmp_path / "tensorboard"))
+  assert len(runs) == 2
+  starts = [e.step for e in _tensorboard_events(tmp_path / "tensorboard" / runs[1])
+            if e.HasField("session_log")]
+  assert starts == [21]  # TensorBoard's purge marker: older events from step 21 on are hidden
 
 
 def _quick_config(**overrides):

@@ -1,6 +1,7 @@
 """train.py on bad input: one `error:` line naming the flag or key and value, a non-zero exit,
 no traceback (unless --verbose), and nothing trained."""
 import os
+import signal
 import subprocess
 import sys
 
@@ -97,3 +98,26 @@ def test_verbose_shows_the_traceback(tmp_path):
            f"--workdir={tmp_path}")
   assert r.returncode != 0 and "Traceback" in r.stderr
   assert "ValueError: config.train.batch_size must be > 0" in r.stderr
+
+
+def test_sigterm_during_start_up_says_interrupted(tmp_path):
+  """SIGTERM (a scheduler's stop) while train.py loads the data, builds and compiles, before
+  any step: one "Interrupted" line and exit 130, as README's "Stopping" says, nothing saved."""
+  proc = subprocess.Popen(
+      [sys.executable, "-u", os.path.join(REPO, "train.py"), "--config=configs/tiny.py",
+       f"--workdir={tmp_path / 'run'}"], cwd=REPO, env={**os.environ, "HVAE_DATA_DIR": DATA_DIR},
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in proc.stdout:  # the line train.py prints once JAX is up, before the start-up work
+    lines.append(line)
+    if line.startswith("JAX devices:"):
+      break
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=600)
+  out = "".join(lines) + out
+  assert proc.returncode == 130, (out, err)
+  interrupted = [l for l in out.splitlines() if l.startswith("Interrupted")]
+  assert len(interrupted) == 1 and "during start-up" in interrupted[0], out
+  assert "Traceback" not in err, err
+  assert not os.path.isdir(tmp_path / "run" / "checkpoints") or not os.listdir(
+      tmp_path / "run" / "checkpoints")
