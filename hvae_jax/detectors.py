@@ -143,7 +143,14 @@ class Detector:
     if missing:
       raise ValueError(f"detector {self.rule} needs the scores {missing}; score with every k "
                        f"it was fitted on.")
-    return np.stack([np.asarray(scores[n], np.float64) for n in self.statistics], axis=1)
+    x = np.stack([np.asarray(scores[n], np.float64) for n in self.statistics], axis=1)
+    bad = ~np.all(np.isfinite(x), axis=1)
+    if bad.any():  # NaN > threshold is False: a diverged score would pass as in-distribution
+      first = int(np.flatnonzero(bad)[0])
+      raise ValueError(f"{int(bad.sum())} of {len(x)} images have non-finite (NaN or inf) "
+                       f"statistics {list(self.statistics)}, e.g. image {first}: the model's "
+                       f"bound diverged there; no verdict is given for them.")
+    return x
 
   def _joint(self, x: np.ndarray) -> np.ndarray:
     """Squared Mahalanobis distance under the reference's robust Gaussian (fitted once)."""

@@ -107,6 +107,8 @@ def test_bad_rules_and_missing_statistics_get_one_clear_error():
   d = detectors.fit("any_k", (1, 2), _stats(rng, 50), _stats(rng, 50))
   with pytest.raises(ValueError, match=r"needs the scores \['llr_k2'\]"):
     d.score({"llr_k1": np.zeros(3)})
+  with pytest.raises(ValueError, match="1 of 3 images have non-finite"):
+    d.score({"llr_k1": np.array([0.0, np.inf, 1.0]), "llr_k2": np.zeros(3)})
   bad = _stats(rng, 50)
   bad["llr_k1"][3] = np.nan
   with pytest.raises(ValueError, match="non-finite"):
