@@ -25,7 +25,8 @@ Build a model from a config without training::
     model = hvae_jax.build_model(config)             # a flax module, image shape from config.data
     variables = model.init(jax.random.key(0), x_binarized, jax.random.key(1))
 
-Public names: `load_model`, `TrainedModel`, `train`, `evaluate`, `build_model` (hvae_jax.api),
+Public names: `load_model`, `TrainedModel` (hvae_jax.trained), `train`, `evaluate`, `build_model`
+(hvae_jax.api),
 `base_config`, `load_config` (hvae_jax.config), `THRESHOLD_FILE` (hvae_jax.thresholds). Each is served lazily from its
 module on first use.
 """
@@ -39,7 +40,7 @@ from hvae_jax import xla_defaults as _xla_defaults  # noqa: F401  (sets CPU XLA 
 __version__ = "0.1.0"
 
 # Public name -> the module that defines it (PEP 562 lazy re-exports keep `import hvae_jax` light).
-_EXPORTS = {"load_model": "hvae_jax.api", "TrainedModel": "hvae_jax.api", "train": "hvae_jax.api",
+_EXPORTS = {"load_model": "hvae_jax.trained", "TrainedModel": "hvae_jax.trained", "train": "hvae_jax.api",
             "evaluate": "hvae_jax.api", "build_model": "hvae_jax.api",
             "THRESHOLD_FILE": "hvae_jax.thresholds", "base_config": "hvae_jax.config",
             "load_config": "hvae_jax.config"}

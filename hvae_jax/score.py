@@ -18,10 +18,12 @@ import os
 import sys
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from hvae_jax import image_files, thresholds
+from tqdm import tqdm
+
+from hvae_jax import image_files
 
 if TYPE_CHECKING:  # pragma: no cover
-  from hvae_jax.api import TrainedModel
+  from hvae_jax.trained import TrainedModel
 
 _TABLE_ROWS = 50  # rows printed; scores.csv holds them all
 _LIGHT_BORDER = 127.5  # mean edge pixel above which an image looks dark-on-light
@@ -100,7 +102,6 @@ def _samples_text(samples: dict) -> str:
 def _read(files: Sequence[str], args: argparse.Namespace, image_shape: Sequence[int],
           progress: bool) -> tuple[list, list[dict]]:
   """The decoded images as (file, image_files.Converted), and the files skipped with why."""
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   done, skipped = [], []
   for f in tqdm(files, desc="read", unit="img", disable=not progress, dynamic_ncols=True):
     try:
@@ -138,7 +139,7 @@ def _settings(trained: TrainedModel, args: argparse.Namespace) -> dict:
     return {"ks": tuple(sorted(trained.check_ks(args.k))), "seed": args.seed or 0,
             "iw_samples": args.iw_samples or trained.config.eval.iw_samples_elbo,
             "iw_samples_lk": trained.config.eval.iw_samples_lk}
-  out = thresholds.score_settings(th)
+  out = th.score_settings()
   out["ks"] = tuple(sorted(set(trained.check_ks(args.k) if args.k else ()) | set(out["ks"])))
   out["iw_samples"] = args.iw_samples or out["iw_samples"]
   out["seed"] = args.seed if args.seed is not None else out["seed"]
@@ -159,8 +160,8 @@ def _warnings(trained: TrainedModel, args: argparse.Namespace, done: list,
   th = trained.threshold
   if not th:
     _note(f"{trained.threshold_note} Scores only, no verdicts.")
-  elif settings["iw_samples"] != th["iw_samples_elbo"]:
-    _note(f"the threshold was calibrated with {_samples_text(thresholds.score_settings(th))}; "
+  elif settings["iw_samples"] != th.iw_samples_elbo:
+    _note(f"the threshold was calibrated with {_samples_text(th.score_settings())}; "
           f"the verdicts compare scores from {_samples_text(settings)} against it.")
 
 
@@ -206,10 +207,11 @@ def run(args: argparse.Namespace) -> dict:
     raise ValueError(f"no .png/.jpg/.jpeg images in {' '.join(args.paths)} (folders are "
                      "searched recursively)")
 
+  # JAX and the model load only once the paths are known to hold images: a typo fails at once.
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from hvae_jax import api, checkpoints, evaluation  # pylint: disable=import-outside-toplevel
+  from hvae_jax import checkpoints, evaluation, trained as trained_lib  # pylint: disable=import-outside-toplevel
   try:
-    trained = api.load_model(args.checkpoint)
+    trained = trained_lib.load_model(args.checkpoint)
   except checkpoints.CheckpointError as e:
     raise ValueError(f"--checkpoint={args.checkpoint}: {e}") from None
   settings = _settings(trained, args)
@@ -228,12 +230,10 @@ def run(args: argparse.Namespace) -> dict:
   th = trained.threshold
   flags, drivers = [None] * len(done), [None] * len(done)
   if th:
-    detector = thresholds.to_detector(th)
-    s[detector.rule], drivers = detector.score(s)
-    flags = s[detector.rule] > detector.threshold
+    s[th.rule], flags, drivers = th.flags(s)
   report = {
       "model": os.path.abspath(args.checkpoint),
-      "threshold": th and {k: v for k, v in th.items() if k != "reference"},
+      "threshold": th and {k: v for k, v in th.to_json().items() if k != "reference"},
       "settings": {**settings, "ks": list(settings["ks"]), "batch_size": batch_size,
                    "resize": args.resize, "invert": args.invert},
       "images": [{"file": f, "verdict": None if flag is None else ("OOD" if flag else "in"),

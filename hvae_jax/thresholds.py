@@ -1,4 +1,4 @@
-"""The calibrated verdict on disk (`threshold.json`), bound to the model it was calibrated for.
+"""The calibrated verdict (`Threshold`, saved as `threshold.json`), bound to its model.
 
 evaluate.py fits a detector (`hvae_jax.detectors`) on in-distribution reference images and
 writes it here with the settings its statistics were scored with and the digest of the model
@@ -8,9 +8,12 @@ to re-run evaluate.py, so a verdict never rests on a threshold set for other wei
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Mapping, Optional
+
+import numpy as np
 
 from hvae_jax import detectors
 
@@ -18,32 +21,74 @@ THRESHOLD_FILE = "threshold.json"
 FORMAT = 2
 
 
-def record(detector: detectors.Detector, *, model_digest: str, ks, iw_samples_elbo: int,
-           iw_samples_lk: int, seed: int, tpr: float, **summary: Any) -> dict:
-  """The JSON record of a fitted detector and everything its statistics depend on."""
-  return {"format": FORMAT, "detector": detector.rule, "value": detector.threshold,
-          "model_digest": model_digest, "ks": [int(k) for k in ks],
-          "iw_samples_elbo": int(iw_samples_elbo), "iw_samples_lk": int(iw_samples_lk),
-          "seed": int(seed), "tpr": float(tpr), **summary,
-          "reference": detector.to_json()["reference"]}
+@dataclasses.dataclass(frozen=True)
+class Threshold:
+  """A fitted detector and everything its statistics depend on.
+
+  `summary` holds what evaluate.py measured for it: acceptance (of in-distribution test
+  images), ood_flagged and driven_by per OOD set, calibrated_on and acceptance_on.
+  """
+  detector: detectors.Detector
+  model_digest: str
+  ks: tuple[int, ...]
+  iw_samples_elbo: int
+  iw_samples_lk: int
+  seed: int
+  tpr: float
+  summary: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def rule(self) -> str:
+    return self.detector.rule
+
+  @property
+  def value(self) -> float:
+    """The detector's score above which an image is OOD."""
+    return self.detector.threshold
+
+  def score_settings(self) -> dict[str, Any]:
+    """The `TrainedModel.score` arguments this threshold's statistics were computed with."""
+    return {"ks": self.ks, "iw_samples": self.iw_samples_elbo,
+            "iw_samples_lk": self.iw_samples_lk, "seed": self.seed}
+
+  def flags(self, scores: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(`[N]` detector score, larger = more OOD; `[N]` bool verdicts, True = OOD; `[N]` the
+    statistic (llr_k{k} or elbo) that drove each verdict)."""
+    score, driver = self.detector.score(scores)
+    return score, score > self.value, driver
+
+  def check_model(self, model_digest: str, path: str) -> None:
+    """Refuses (ValueError, one line) a model other than the one this was calibrated for."""
+    if model_digest != self.model_digest:
+      raise ValueError(mismatch("this threshold", path or "<this model>"))
+
+  def to_json(self) -> dict:
+    """The threshold.json record (format `FORMAT`)."""
+    return {"format": FORMAT, "detector": self.rule, "value": self.value,
+            "model_digest": self.model_digest, "ks": [int(k) for k in self.ks],
+            "iw_samples_elbo": int(self.iw_samples_elbo), "iw_samples_lk": int(self.iw_samples_lk),
+            "seed": int(self.seed), "tpr": float(self.tpr), **self.summary,
+            "reference": self.detector.to_json()["reference"]}
+
+  @classmethod
+  def from_json(cls, rec: Mapping) -> "Threshold":
+    """A record of `to_json`; ValueError (one line) for another format."""
+    if not isinstance(rec, Mapping) or rec.get("format") != FORMAT:
+      raise ValueError("written by an older hvae-jax (no per-input detector)")
+    fields = {"format", "detector", "value", "threshold", "model_digest", "ks", "iw_samples_elbo",
+              "iw_samples_lk", "seed", "tpr", "reference"}
+    detector = detectors.Detector.from_json({"rule": rec["detector"], "threshold": rec["value"],
+                                             "reference": rec["reference"]})
+    return cls(detector, rec["model_digest"], tuple(int(k) for k in rec["ks"]),
+               int(rec["iw_samples_elbo"]), int(rec["iw_samples_lk"]), int(rec["seed"]),
+               float(rec["tpr"]), {k: v for k, v in rec.items() if k not in fields})
 
 
-def score_settings(rec: Mapping) -> dict[str, Any]:
-  """The `TrainedModel.score` arguments a record's statistics were computed with."""
-  return {"ks": tuple(rec["ks"]), "iw_samples": int(rec["iw_samples_elbo"]),
-          "iw_samples_lk": int(rec["iw_samples_lk"]), "seed": int(rec["seed"])}
-
-
-def to_detector(rec: Mapping) -> detectors.Detector:
-  return detectors.Detector.from_json({"rule": rec["detector"], "threshold": rec["value"],
-                                       "reference": rec["reference"]})
-
-
-def write(out_dir: str, rec: Mapping) -> None:
+def write(out_dir: str, threshold: Threshold) -> None:
   """`out_dir/threshold.json`, replaced atomically (a killed run leaves the old one whole)."""
   path = os.path.join(out_dir, THRESHOLD_FILE)
   with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(rec, f, indent=1)
+    json.dump(threshold.to_json(), f, indent=1)
   os.replace(path + ".tmp", path)
 
 
@@ -57,20 +102,20 @@ def find(path: str) -> Optional[str]:
   return None
 
 
-def load(path: str, model_digest: str) -> tuple[Optional[dict], str]:
-  """(the record for this model, "") or (None, one line saying why there is none to use)."""
+def load(path: str, model_digest: str) -> tuple[Optional[Threshold], str]:
+  """(the threshold for this model, "") or (None, one line saying why there is none to use)."""
   f = find(path)
   rerun = f"re-run python evaluate.py --checkpoint={path} to calibrate one for this model"
   if f is None:
     return None, f"no calibrated threshold for {path}: {rerun}."
   try:
     with open(f, encoding="utf-8") as fh:
-      rec = json.load(fh)
-  except (OSError, ValueError) as e:
-    return None, f"{f} cannot be read ({e}): {rerun}."
-  if not isinstance(rec, dict) or rec.get("format") != FORMAT:
-    return None, f"{f} was written by an older hvae-jax (no per-input detector): {rerun}."
-  return (rec, "") if rec.get("model_digest") == model_digest else (None, mismatch(f, path))
+      threshold = Threshold.from_json(json.load(fh))
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    return None, f"{f} cannot be used ({e}): {rerun}."
+  if threshold.model_digest != model_digest:
+    return None, mismatch(f, path)
+  return threshold, ""
 
 
 def mismatch(where: str, path: str) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import hvae_jax
-from hvae_jax import baselines, thresholds
+from hvae_jax import baselines
 from tests.helpers import DATA_DIR, REPO, fmnist_slice, mnist_slice
 
 pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(DATA_DIR, "fashion_mnist.npz")),
@@ -121,7 +121,7 @@ def test_readme_example_trains_evaluates_and_scores(readme_run):
   assert {"elbo", "llr_k1", "llr_k2"} <= set(res["ood"]["mnist"]["metrics"])
   assert 0.0 <= r["auroc"] <= 1.0
   assert res["output_dir"] == os.path.join(workdir, "eval")
-  assert model.threshold == res["threshold"]
+  assert model.threshold.to_json() == res["threshold"]
   # score: one float32 [N] array per score, finite; llr = elbo - L^{>k}.
   s = r["scores"]
   assert {"elbo", "elbo_bpd", "lk_k1", "lk_k2", "llr_k1", "llr_k2"} <= set(s)
@@ -131,15 +131,14 @@ def test_readme_example_trains_evaluates_and_scores(readme_run):
   # is_ood: the calibrated detector applied to the same scores (same images, same seed).
   th = model.threshold
   assert r["flags"].dtype == bool and r["flags"].shape == (8,)
-  detector = thresholds.to_detector(th)
-  if th["iw_samples_elbo"] == th["iw_samples_lk"] == 1 and set(th["ks"]) == {1, 2}:
-    np.testing.assert_array_equal(r["flags"], detector.score(s)[0] > th["value"])
+  if th.iw_samples_elbo == th.iw_samples_lk == 1 and set(th.ks) == {1, 2}:
+    np.testing.assert_array_equal(r["flags"], th.detector.score(s)[0] > th.value)
 
 
 def test_load_model_finds_the_threshold_evaluate_wrote(readme_run):
   reloaded = hvae_jax.load_model(readme_run["workdir"])
   with open(os.path.join(readme_run["workdir"], "eval", "threshold.json"), encoding="utf-8") as f:
-    assert reloaded.threshold == json.load(f)
+    assert reloaded.threshold.to_json() == json.load(f)
   images = readme_run["images"][..., 0]  # [N, 28, 28] works too
   np.testing.assert_array_equal(reloaded.is_ood(images), readme_run["flags"])
   np.testing.assert_allclose(reloaded.score(images)["elbo"], readme_run["scores"]["elbo"],

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hvae_jax import api, baselines, competing, data, evaluation, objectives, train_lib
+from hvae_jax import api, baselines, data, evaluation, objectives, train_lib
 from tests.helpers import DATA_DIR, REPO, fmnist_slice, mnist_slice, tiny_config, \
     tiny_model_and_params
 
@@ -37,11 +37,11 @@ def setup(tiny_workdir):
             for s in (1, 2)]
   images = np.concatenate([fmnist_slice(N // 2), mnist_slice(N // 2)])
   reference = fmnist_slice(N, "train", seed=3)
-  opts = competing.BaselineOptions(iw_samples=S, batch_size=N, typicality_batch=3,
+  opts = baselines.BaselineOptions(iw_samples=S, batch_size=N, typicality_batch=3,
                                    regret_steps=2, seed=SEED)  # regret: lr 2e-4, batch 32
-  scorer = competing.BaselineScorer(trained, opts, background=others[0], ensemble=[others[1]],
+  scorer = baselines.BaselineScorer(trained, opts, background=others[0], ensemble=[others[1]],
                                     reference_images=reference)
-  out = scorer.compute(images)
+  scored = scorer.compute(images)
   bound = jax.jit(lambda p, x, k: objectives.bound(trained.model.apply({"params": p}, x, k)))
 
   def hand_loglik(params, x, salt=0):
@@ -53,7 +53,7 @@ def setup(tiny_workdir):
 
   x = trained.model_inputs(images)
   return dict(trained=trained, others=others, images=images, reference=reference, x=x,
-              scorer=scorer, out=out, hand_loglik=hand_loglik)
+              scorer=scorer, out=scored.scores, seconds=scored.seconds, hand_loglik=hand_loglik)
 
 
 def _close(a, b, atol=1e-2):
@@ -65,7 +65,7 @@ def test_every_row_is_returned_finite_and_oriented_larger_is_ood(setup):
   out = setup["out"]
   for name in baselines.SCORE_NAMES:
     assert out[name].shape == (N,) and np.all(np.isfinite(out[name])), name
-    assert evaluation.orientation(name) == 1 and f"_seconds:{name}" in out, name
+    assert evaluation.orientation(name) == 1 and name in setup["seconds"], name
   for name in ("elbo", "lk_k1", "elbo_bpd"):
     assert evaluation.orientation(name) == -1
   assert evaluation.orientation("llr_k1") == 1
@@ -219,9 +219,9 @@ def test_likelihood_regret_is_an_adam_refit_of_the_encoder_per_example(setup):
   with pytest.raises(ValueError, match="steps must be >= 0"):
     regret(t.params, x, key, -1)
   with pytest.raises(ValueError, match="regret needs steps >= 0"):
-    competing.BaselineOptions(regret_lr=0.0)
+    baselines.BaselineOptions(regret_lr=0.0)
   with pytest.raises(ValueError, match="iw_samples must be >= 1"):
-    competing.BaselineOptions(iw_samples=0)
+    baselines.BaselineOptions(iw_samples=0)
   # Only the inference network moves: the decoder gets no gradient through infer().
   enc, dec = baselines.split_encoder(t.params)
   assert set(enc) | set(dec) == set(t.params) and all(k.startswith("q_") for k in enc)
@@ -231,14 +231,14 @@ def test_likelihood_regret_is_an_adam_refit_of_the_encoder_per_example(setup):
 
 
 def test_scores_parsing_and_reference_set_is_disjoint_from_scored_train_set():
-  assert competing.parse_scores("paper") == ()
-  assert competing.parse_scores("all") == tuple(baselines.FAMILIES)
-  assert competing.parse_scores("paper,regret,typicality_batch") == ("regret", "typicality")
+  assert baselines.parse_scores("paper") == ()
+  assert baselines.parse_scores("all") == tuple(baselines.FAMILIES)
+  assert baselines.parse_scores("paper,regret,typicality_batch") == ("regret", "typicality")
   with pytest.raises(ValueError, match="unknown score"):
-    competing.parse_scores("elbo,nope")
+    baselines.parse_scores("elbo,nope")
   train = np.arange(100, dtype=np.uint8)[:, None, None, None]
   scored = evaluation.limit(train, 30, 7)[:, 0, 0, 0]
-  ref = competing.reference_indices(100, 30, 40, 7)
+  ref = baselines.reference_indices(100, 30, 40, 7)
   assert len(ref) == 40 and not set(ref) & set(scored)
 
 
@@ -271,10 +271,10 @@ def test_auxiliary_runs_are_found_in_the_reproduce_baselines_layout(tmp_path):
     (tmp_path / d).mkdir()
   (tmp_path / "run_seed3").write_text("a file, not a run")
   run = str(tmp_path / "run")
-  assert competing.auxiliary_runs(run + "/") == (
+  assert baselines.auxiliary_runs(run + "/") == (
       run + "_bg", [run + "_seed1", run + "_seed2", run + "_seed10"])
-  assert competing.auxiliary_runs(str(tmp_path / "other")) == (None, [str(tmp_path / "other_seed4")])
-  assert competing.auxiliary_runs(str(tmp_path / "missing" / "run")) == (None, [])
+  assert baselines.auxiliary_runs(str(tmp_path / "other")) == (None, [str(tmp_path / "other_seed4")])
+  assert baselines.auxiliary_runs(str(tmp_path / "missing" / "run")) == (None, [])
 
 
 def test_evaluate_cli_scores_all_writes_every_row(tiny_workdir, tmp_path):

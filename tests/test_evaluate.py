@@ -161,7 +161,7 @@ def test_cli_and_api_are_one_path_and_the_threshold_records_both_sample_counts(t
   images = mnist_slice(12, seed=9)
   s, flags = model.verdict(images)
   ref = model.score(images, ks=(1, 2), iw_samples=2, iw_samples_lk=3)
-  score, driver = thresholds.to_detector(th).score(ref)
+  score, driver = thresholds.Threshold.from_json(th).detector.score(ref)
   np.testing.assert_array_equal(s[th["detector"]], score)
   np.testing.assert_array_equal(flags, score > th["value"])
   assert set(s["driven_by"]) <= {"elbo", "llr_k1", "llr_k2"}
@@ -207,7 +207,7 @@ def test_python_api_bad_inputs(tmp_path):
                        ({"batch_size": 0}, "batch_size=0"), ({"ks": (9,)}, "k=[9]"),
                        ({"seed": -1}, "seed=-1"), ({"scores": "nope"}, "unknown score"),
                        ({"data_dir": "/nowhere", "in_test": None}, "data_dir"),
-                       ({"regret_foo": 1}, "BaselineOptions"),
+                       ({"regret_foo": 1}, "unknown evaluation option 'regret_foo'"),
                        ({"iw_samples_elbo": 1.5}, "iw_samples_elbo=1.5")]:
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
       hvae_jax.evaluate(m, **{**kw, **bad})
@@ -241,7 +241,7 @@ def test_a_stopped_scoring_pass_continues_where_it_stopped(tiny_workdir, tmp_pat
     return counted
 
   monkeypatch.setattr(m, "score_fn", counting_score_fn)
-  monkeypatch.setattr(evaluation, "PARTIAL_EVERY_S", 1e9)  # only the stop itself saves
+  monkeypatch.setattr(evaluation.scoring, "PARTIAL_EVERY_S", 1e9)  # only the stop itself saves
   score_cache = cache.ScoreCache(str(tmp_path))
   stop_at = 3  # Ctrl-C in the third of three batches
   with pytest.raises(KeyboardInterrupt):
@@ -252,7 +252,7 @@ def test_a_stopped_scoring_pass_continues_where_it_stopped(tiny_workdir, tmp_pat
 
   calls.clear()
   stop_at = None
-  s = evaluation.score_set(m, images, settings, score_cache, "part")
+  s = evaluation.score_set(m, images, settings, score_cache, "part").scores
   assert len(calls) == 1, "only the batch not yet scored runs again"
   assert "continuing an interrupted pass at image 16 of 24" in capsys.readouterr().out
   for name in whole:

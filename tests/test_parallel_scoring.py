@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from hvae_jax import api, batching, competing, data, image_keys
+from hvae_jax import api, baselines, batching, data, image_keys
 from tests.helpers import fmnist_slice, mnist_slice, tiny_model_and_params
 
 
@@ -49,11 +49,11 @@ def test_competing_scores_over_two_devices_equal_one_device(models):
   other = tiny_model_and_params(seed=1)[1]
   images = np.concatenate([fmnist_slice(4), mnist_slice(4)])
   # waic and iw_nll run the same batched log p pass as bg_llr; regret refits per device.
-  opts = competing.BaselineOptions(families=("bg_llr", "regret"), iw_samples=2, batch_size=8,
+  opts = baselines.BaselineOptions(families=("bg_llr", "regret"), iw_samples=2, batch_size=8,
                                    regret_steps=1, regret_batch_size=8)
   out = []
   for m in (every, one):
     aux = dataclasses.replace(m, params=other, path="other", _fns={})
-    out.append(competing.BaselineScorer(m, opts, background=aux).compute(images))
+    out.append(baselines.BaselineScorer(m, opts, background=aux).compute(images).scores)
   for name in ("iw_bpd", "bg_llr", "regret"):
     np.testing.assert_allclose(out[0][name], out[1][name], rtol=1e-4, atol=2e-2, err_msg=name)

@@ -35,9 +35,9 @@ def test_shipped_model_scores_and_separates_fmnist_from_mnist(name):
   m = api.load_model(os.path.join(REPO, "pretrained", name))
   assert sum(np.size(v) for v in jax.tree_util.tree_leaves(m.params)) == n_params
   # The shipped verdict: recalibrated for this very model with the default per-input detector.
-  assert m.threshold is not None and m.threshold["model_digest"] == m.digest
-  assert m.threshold["detector"] == m.config.eval.detector
-  assert abs(m.threshold["acceptance"] - 0.95) <= 0.015
+  assert m.threshold is not None and m.threshold.model_digest == m.digest
+  assert m.threshold.rule == m.config.eval.detector
+  assert abs(m.threshold.summary["acceptance"] - 0.95) <= 0.015
   s_in = m.score(fmnist_slice(200, seed=1), ks=(1,))
   s_out = m.score(mnist_slice(200, seed=1), ks=(1,))
   res = metrics.ood_metrics(s_in["llr_k1"], s_out["llr_k1"])

@@ -195,7 +195,7 @@ def test_scores_a_folder_and_a_glob_like_the_api(folder, tmp_path, capsys):
   assert [r["driven_by"] for r in rows] == list(drivers)
   rep = json.loads((out / "scores.json").read_text())
   assert rep["model"] == PRETRAINED
-  assert rep["threshold"] == {k: v for k, v in m.threshold.items() if k != "reference"}
+  assert rep["threshold"] == {k: v for k, v in m.threshold.to_json().items() if k != "reference"}
   assert [i["file"] for i in rep["images"]] == [r["file"] for r in rows]
   np.testing.assert_allclose([i["scores"]["llr_k1"] for i in rep["images"]], s["llr_k1"], rtol=1e-6)
   by_file = {os.path.relpath(i["file"], d): i["conversions"] for i in rep["images"]}
@@ -209,7 +209,7 @@ def test_scores_a_folder_and_a_glob_like_the_api(folder, tmp_path, capsys):
     line = next(l for l in stdout.splitlines() if os.path.basename(r["file"]) in l)
     assert line.split()[-2:] == [r["verdict"], f"({r['driven_by']})"]
   th = m.threshold
-  assert f"{sum(flags)} of 4 images are OOD: detector {th['detector']} > {th['value']:.3f}" in stdout
+  assert f"{sum(flags)} of 4 images are OOD: detector {th.rule} > {th.value:.3f}" in stdout
 
 
 @needs_data

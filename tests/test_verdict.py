@@ -28,7 +28,7 @@ def test_the_threshold_records_the_model_and_is_found_again(calibrated):
   rec = json.loads((work / "eval" / "threshold.json").read_text())
   assert rec["model_digest"] == model.digest and rec["format"] == thresholds.FORMAT
   reloaded = hvae_jax.load_model(str(work))
-  assert reloaded.threshold == rec and reloaded.threshold_note == ""
+  assert reloaded.threshold.to_json() == rec and reloaded.threshold_note == ""
   x = mnist_slice(6)
   np.testing.assert_array_equal(reloaded.is_ood(x), model.is_ood(x))
 

@@ -1,10 +1,10 @@
-"""Running the competing OOD scores of `hvae_jax.baselines` over whole data sets.
+"""Running the competing OOD scores (`scores.py`) over whole data sets.
 
 `make_scorer` picks the models a family needs (the background model of bg_llr, the ensemble
 of WAIC: given paths, else the runs scripts/reproduce_baselines.sh trains beside the scored
 one), the typicality reference set and the options, and returns a `BaselineScorer`, which
 `evaluation.evaluate` calls once per data set as its `extra_scores`. The scores themselves
-are the pure functions of `hvae_jax.baselines`.
+are the pure functions of `scores.py`.
 """
 from __future__ import annotations
 
@@ -12,20 +12,18 @@ import dataclasses
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 
 from hvae_jax import batching, cache
-from hvae_jax.baselines import (CODECS, FAMILIES, LikelihoodRegret, background_llr,
-                                batch_typicality, check_codec, compressed_bits_per_dim,
-                                input_complexity, make_loglik_fn, typicality, waic)
-
-if TYPE_CHECKING:  # pragma: no cover
-  from hvae_jax.api import TrainedModel
-
-
+from hvae_jax.baselines.scores import (CODECS, FAMILIES, LikelihoodRegret, background_llr,
+                                       batch_typicality, check_codec, compressed_bits_per_dim,
+                                       input_complexity, make_loglik_fn, typicality, waic)
+from hvae_jax.scored import ScoredSet
+from hvae_jax.trained import TrainedModel, load_model
 
 
 def parse_scores(spec: str) -> tuple[str, ...]:
@@ -101,10 +99,20 @@ class BaselineOptions:
       raise ValueError(f"likelihood regret needs steps >= 0, lr > 0 and weight decay >= 0; got "
                        f"{self.regret_steps}, {self.regret_lr}, {self.regret_weight_decay}.")
 
+  @classmethod
+  def from_config(cls, c: ml_collections.ConfigDict) -> "BaselineOptions":
+    """From `config.baselines`, with `config.eval`'s chunk size, batch size and seed."""
+    b = c.baselines
+    return cls(iw_samples=b.iw_samples, chunk_size=c.eval.chunk_size,
+               batch_size=c.eval.batch_size, typicality_batch=b.typicality_batch,
+               regret_steps=b.regret_steps, regret_lr=b.regret_lr,
+               regret_weight_decay=b.regret_weight_decay,
+               regret_batch_size=b.regret_batch_size, seed=c.eval.seed)
+
 
 class BaselineScorer:
-  """`extra_scores` for `evaluation.run`: `scorer(tag, images_uint8)` -> {row: [N] scores,
-  '_seconds:<row>': seconds, plus 'iw_bpd' and '<codec>_bpd' bits/dim}.
+  """`extra_scores` for `evaluation.run`: `scorer(tag, images_uint8)` -> a `ScoredSet` of
+  every row (plus 'iw_bpd' and '<codec>_bpd' bits/dim) and the seconds each row cost.
 
   `trained`'s `model_inputs` (its fixed binarization) feeds every model, so the background
   and ensemble models score the very same inputs. The ensemble for WAIC is `trained` plus
@@ -116,9 +124,9 @@ class BaselineScorer:
   (likelihood regret takes minutes per set on a CPU).
   """
 
-  def __init__(self, trained: "TrainedModel", options: BaselineOptions,
-               background: Optional["TrainedModel"] = None,
-               ensemble: Sequence["TrainedModel"] = (),
+  def __init__(self, trained: TrainedModel, options: BaselineOptions,
+               background: Optional[TrainedModel] = None,
+               ensemble: Sequence[TrainedModel] = (),
                reference_images: Optional[np.ndarray] = None,
                score_cache: Optional[cache.ScoreCache] = None, progress: bool = False):
     self.trained, self.options, self.progress = trained, options, progress
@@ -194,7 +202,7 @@ class BaselineScorer:
                                mesh=self.trained.mesh, progress=self.progress, desc=desc)
     return out, time.time() - t0
 
-  def log_likelihoods(self, trained: "TrainedModel", x: np.ndarray, desc: str = ""
+  def log_likelihoods(self, trained: TrainedModel, x: np.ndarray, desc: str = ""
                       ) -> tuple[np.ndarray, float]:
     """`[N]` log p̂(x) (nats) of model input `x` under `trained`, and the seconds it took."""
     return self._batched(self.loglik_fn(trained.model), trained.params, x,
@@ -219,19 +227,19 @@ class BaselineScorer:
                         images=cache.array_digest(images), reference=ref,
                         models=[m.digest for m in models])
 
-  def __call__(self, tag: str, images_uint8: np.ndarray) -> dict[str, np.ndarray]:
+  def __call__(self, tag: str, images_uint8: np.ndarray) -> ScoredSet:
     name, key = f"baselines_{tag}", self._cache_key(tag, images_uint8)
-    out = self.cache.get(name, key)
-    if out is not None:
-      if "_entropy" in out:
-        self._entropy = float(out.pop("_entropy"))
-      return out
+    arrays = self.cache.get(name, key)
+    if arrays is not None:
+      if "_entropy" in arrays:  # Ĥ, kept with the set that computed it
+        self._entropy = float(arrays["_entropy"])
+      return ScoredSet.from_arrays(arrays)
     out = self.compute(images_uint8, tag)
     extra = {"_entropy": np.asarray(self._entropy)} if self._entropy is not None else {}
-    self.cache.put(name, key, {**extra, **out})
+    self.cache.put(name, key, {**extra, **out.to_arrays()})
     return out
 
-  def compute(self, images_uint8: np.ndarray, tag: str = "") -> dict[str, np.ndarray]:
+  def compute(self, images_uint8: np.ndarray, tag: str = "") -> ScoredSet:
     """All selected scores of one set of raw images (uint8 `[N, H, W, C]`), uncached; `tag`
     names the set in progress bars."""
     o, fams = self.options, self.options.families
@@ -278,12 +286,10 @@ class BaselineScorer:
         print(f"Note: mean likelihood regret {float(np.mean(reg)):.2f} nats < 0: the "
               f"{o.regret_steps}-step encoder refit (lr {o.regret_lr}) lowered log p(x) on "
               f"average instead of raising it; a smaller --regret_lr may suit this model.")
-    out = {k: np.asarray(v, np.float32) for k, v in out.items()}
-    out.update({f"_seconds:{k}": np.asarray(v, np.float64) for k, v in sec.items()})
-    return out
+    return ScoredSet({k: np.asarray(v, np.float32) for k, v in out.items()}, sec)
 
 
-def make_scorer(trained: "TrainedModel", scores: str, in_train: np.ndarray, n_eval: int,
+def make_scorer(trained: TrainedModel, scores: str, in_train: np.ndarray, n_eval: int,
                 options: BaselineOptions, *, background: Optional[str] = None,
                 ensemble: Sequence[str] = (), score_cache: Optional[cache.ScoreCache] = None,
                 progress: bool = True) -> Optional[BaselineScorer]:
@@ -297,7 +303,6 @@ def make_scorer(trained: "TrainedModel", scores: str, in_train: np.ndarray, n_ev
   the `n_eval` that the evaluation scores (`reference_indices`). `options.families` is set
   from `scores`.
   """
-  from hvae_jax.api import load_model  # pylint: disable=import-outside-toplevel
   families = list(parse_scores(scores))
   if not families:
     return None
