@@ -63,20 +63,16 @@ class Checkpointer:
   Args:
     directory: the workdir holding step directories (created unless `read_only`).
     max_to_keep: how many most recent steps to keep (None keeps all).
-    save_interval_steps: `save(step, ...)` writes only when `step % save_interval_steps == 0`
-      (or the workdir has no checkpoint yet, or `force=True`).
     read_only: for evaluation: never creates, writes or deletes anything, and `latest_step`
       rereads the directory so it sees steps a concurrent training job finished.
   """
 
-  def __init__(self, directory: str, max_to_keep: Optional[int] = 3,
-               save_interval_steps: int = 1, *, read_only: bool = False):
+  def __init__(self, directory: str, max_to_keep: Optional[int] = 3, *,
+               read_only: bool = False):
     self._path = as_path(directory)
     self._read_only = read_only
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep}")
-    if save_interval_steps < 1:
-      raise ValueError(f"save_interval_steps must be >= 1, got {save_interval_steps}")
     if self._path.exists() and not self._path.is_dir():
       raise CheckpointError(f"{self._path} is a file, not a checkpoint directory; pass a "
                             "training workdir (--workdir) or a step directory inside one")
@@ -87,7 +83,6 @@ class Checkpointer:
     else:
       options = ocp.CheckpointManagerOptions(
           max_to_keep=max_to_keep,
-          save_interval_steps=save_interval_steps,
           create=True,
           # Drop `<step>.orbax-checkpoint-tmp` dirs left by a save that was killed.
           cleanup_tmp_directories=True,
@@ -136,8 +131,8 @@ class Checkpointer:
   def save(self, step: int, state: Any, metadata: dict, force: bool = False) -> bool:
     """Starts saving `state` and `metadata` as `step`; returns whether a save was started.
 
-    Skipped (False) when `step` is not a multiple of `save_interval_steps` (unless `force`),
-    when it is not newer than the latest step, or, with `force`, when it already exists.
+    Skipped (False) when `step` is not newer than the latest step (unless `force`), or,
+    with `force`, when it already exists.
     Older steps beyond `max_to_keep` are deleted once this one is complete.
     `metadata` is stored as JSON: tuples come back as lists, ConfigDicts as dicts.
     """
@@ -294,11 +289,6 @@ class Checkpointer:
     if target is not None:
       state = jax.tree_util.tree_map(like_target, target, state)
     return state, metadata
-
-  def restore_metadata(self, step: Optional[int] = None) -> dict:
-    """The JSON metadata of `step` (default: latest), without loading any arrays (unverified)."""
-    self._check_open()
-    return self._read_metadata(self._resolve_step(step))
 
   def restore_newest_valid(self, target: Any | None = None,
                            report: Callable[[str], None] = log.warning) -> tuple[Any, dict]:
