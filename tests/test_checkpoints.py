@@ -138,16 +138,15 @@ def test_keeps_last_n_and_latest_step(tmp_path):
   with Checkpointer(str(tmp_path), max_to_keep=2) as ckpt:
     assert ckpt.latest_step() == 5
     assert ckpt.all_steps() == [4, 5]
-    assert ckpt.restore_metadata(4)["step"] == 4
+    assert ckpt.restore(4)[1]["step"] == 4
     with pytest.raises(CheckpointError, match=r"no checkpoint for step 2 .*\[4, 5\]"):
       ckpt.restore(2)
 
 
-def test_save_interval_and_force(tmp_path):
+def test_save_skips_old_steps_and_force(tmp_path):
   state = _trained_state()
-  with Checkpointer(str(tmp_path), save_interval_steps=10) as ckpt:
-    assert ckpt.save(0, state, _metadata())        # first save always happens
-    assert not ckpt.save(5, state, _metadata())    # off-interval
+  with Checkpointer(str(tmp_path)) as ckpt:
+    assert ckpt.save(0, state, _metadata())
     assert ckpt.save(10, state, _metadata())
     assert not ckpt.save(10, state, _metadata())   # not newer than latest
     assert ckpt.save(13, state, _metadata(), force=True)
@@ -271,7 +270,7 @@ def test_metadata_roundtrip(tmp_path):
   with Checkpointer(str(tmp_path)) as ckpt:
     ckpt.save(1, {"w": np.ones(3, np.float32)}, metadata)
     ckpt.wait()
-    got = ckpt.restore_metadata()
+    _, got = ckpt.restore()
   assert got == {"config": {"model": {"blocks": [[64, 5, 1], [64, 3, 2]]}, "lr": 3e-4,
                             "name": "fmnist"},
                  "model": "hvae", "n": 3, "flag": True,
