@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from hvae_jax import (baselines, batching, cache, checks, competing, data, detectors, lowlevel,
-                      metrics, plots, report, thresholds)
+                      metrics, plots, report, sharding, thresholds)
 from hvae_jax.api import TrainedModel
 
 # How often a set's scoring keeps what it has scored, so a killed run loses at most this much.
@@ -142,7 +142,7 @@ def _score_resumably(trained: TrainedModel, images: np.ndarray, settings: EvalSe
   PARTIAL_EVERY_S seconds and when stopped (Ctrl-C, an error), and continues a pass a killed
   run left: the scores equal one uninterrupted pass's. `_seconds` counts every run's time."""
   name = f"scores_{tag}"
-  mesh = trained.mesh if trained.mesh is not None else data.make_data_mesh()
+  mesh = trained.mesh if trained.mesh is not None else sharding.make_data_mesh()
   bs = batching.device_batch_size(settings.batch_size, len(images), mesh)
   pass_key = cache.key_of(scores=key, batch_size=bs)  # another split of the batches starts over
   done = score_cache.get_partial(name, pass_key)
