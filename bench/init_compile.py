@@ -26,7 +26,7 @@ def one_way(config_path: str, batch: int, way: str, out: str) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from bench.train_step import load_config  # pylint: disable=import-outside-toplevel
-  from hvae_jax import data, layers  # pylint: disable=import-outside-toplevel
+  from hvae_jax import data, layers, preprocess  # pylint: disable=import-outside-toplevel
   from hvae_jax.models import build_model  # pylint: disable=import-outside-toplevel
 
   config = load_config(config_path, [])
@@ -34,7 +34,7 @@ def one_way(config_path: str, batch: int, way: str, out: str) -> None:
   model = build_model(config, spec.image_shape)
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (batch, *spec.image_shape), dtype=np.uint8)
-  x = data.eval_binarize(x, 0) if spec.kind == "binary" else x
+  x = preprocess.eval_input(x, spec.kind, 0)
   k_params, k_sample = jax.random.split(jax.random.key(config.seed))
   t0 = time.time()
   if way == "eager":

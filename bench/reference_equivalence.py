@@ -17,7 +17,7 @@ norm, posteriors, priors and the mixture are away from their initial values, the
 that hvae-oodd model directory instead (e.g. one dvae_run.py trained).
 
 Images: for the FashionMNIST models --n test images binarized once with our
-`data.eval_binarize` (training: dynamically binarized train images); for colour models 32x32
+`preprocess.eval_binarize` (training: dynamically binarized train images); for colour models 32x32
 patches of the two photographs scikit-learn ships (`load_sample_images`: china.jpg,
 flower.jpg), cut on a grid, shuffled (seeded) into --n test patches and training patches
 (the rest, and their mirror images): uint8 for ours, k / 255 for the reference (its
@@ -111,11 +111,11 @@ def colour_patches(n_test: int, seed: int):
 def images(config, a):
   """(train, test) images in our format for `config`'s data."""
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from hvae_jax import data  # pylint: disable=import-outside-toplevel
+  from hvae_jax import data, preprocess  # pylint: disable=import-outside-toplevel
   if config.model.likelihood == "dmol":
     return colour_patches(a.n, a.seed)
   test = data.load_images(config.data.name, "test", a.data_dir or None)
-  x = data.eval_binarize(test[np.random.default_rng(a.seed).permutation(len(test))[:a.n]], 0)
+  x = preprocess.eval_binarize(test[np.random.default_rng(a.seed).permutation(len(test))[:a.n]], 0)
   return data.load_images(config.data.name, "train", a.data_dir or None), x
 
 
@@ -218,7 +218,7 @@ def report(a, ours: dict, ref: dict, info: dict, model, n_params: int) -> tuple[
              if not a.reference_model else f"loaded from {a.reference_model}")
   inputs = ("32x32 patches of scikit-learn's sample photographs (china.jpg, flower.jpg), "
             "uint8 for ours, k / 255 for the reference" if model.likelihood == "dmol" else
-            f"{a.config_data} test images, data.eval_binarize(seed 0)")
+            f"{a.config_data} test images, preprocess.eval_binarize(seed 0)")
   lines = [
       f"Reference equivalence, {datetime.date.today().isoformat()}, {platform.node()}, CPU",
       f"Command: {a.command}",

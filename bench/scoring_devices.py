@@ -21,7 +21,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from hvae_jax import api, data  # pylint: disable=wrong-import-position
+from hvae_jax import api, data, sharding  # pylint: disable=wrong-import-position
 
 
 def timed_score(model: api.TrainedModel, images: np.ndarray, reps: int,
@@ -54,7 +54,7 @@ def main():
         f"iw_samples={a.iw_samples} devices={jax.devices()}")
   results = {}
   for n in sorted({1, jax.device_count()}):
-    model = dataclasses.replace(every, mesh=data.make_data_mesh(jax.devices()[:n]), _fns={})
+    model = dataclasses.replace(every, mesh=sharding.make_data_mesh(jax.devices()[:n]), _fns={})
     first, best, results[n] = timed_score(model, images, a.reps, **kw)
     print(f"{n} device(s): {len(images) / best:8.1f} images/s (best of {a.reps}: {best:.2f} s; "
           f"first call with compiling {first:.1f} s)")

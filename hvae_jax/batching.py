@@ -1,13 +1,16 @@
-"""One loop for every pass over a data set: fixed-size batches, a key per batch, outputs cut,
-each batch split over every device.
+"""Cutting image arrays into batches: the training stream and every evaluation pass.
 
-Scoring, the competing scores and test bits/dim during training all run a jitted
-`fn(params, x_batch, key)` over N examples. Every batch has the same size (the last one is
-padded by repeating its final example, the padding's outputs dropped), so one compiled shape
-serves any N; the batch starting at example `i` gets `fold_in(key, i)`, so a result does not
-depend on how the examples were split into calls. The paper's scores instead pass per-image
-key data beside the images (`image_keys`) and no batch key, so an image's scores do not
-depend on its position either.
+Training reads `Batches`: shuffled, fixed-size, a pure function of (seed, epoch, index), so a
+resumed run sees the batches an uninterrupted one would.
+
+Every evaluation pass is one loop, `map_batches`: fixed-size batches, a key per batch,
+outputs cut, each batch split over every device. Scoring, the competing scores and test
+bits/dim during training all run a jitted `fn(params, x_batch, key)` over N examples. Every
+batch has the same size (the last one is padded by repeating its final example, the
+padding's outputs dropped), so one compiled shape serves any N; the batch starting at
+example `i` gets `fold_in(key, i)`, so a result does not depend on how the examples were
+split into calls. The paper's scores instead pass per-image key data beside the images
+(`image_keys`) and no batch key, so an image's scores do not depend on its position either.
 
 Data parallel as training is: the batch is sharded over the 'data' axis of a device `Mesh`
 (all devices of all processes by default), the parameters replicated, and XLA runs `fn` on
@@ -18,14 +21,74 @@ contributes its devices' rows and gets every example's outputs back.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hvae_jax import data
+from hvae_jax import sharding
+
+
+class Batches:
+  """Deterministic training minibatches `[batch_size, ...]` of an array `[N, ...]` (usually
+  uint8 `[N, H, W, C]`); the N % batch_size examples an epoch's order leaves over are skipped
+  in that epoch.
+
+  The order of epoch e is a permutation drawn from `numpy.random.default_rng([seed, e])`
+  (identity if `shuffle=False`), so any batch is a pure function of (seed, epoch, index): a
+  run resumed at global step s (`iterate(s)`) sees exactly the batches it would have seen.
+
+  `rows` (a slice of `range(batch_size)`) reads only those rows of every batch: a process's
+  share of each global batch in a multi-process run (`sharding.process_rows`).
+  """
+
+  def __init__(self, images: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
+               rows: slice = slice(None)):
+    if batch_size <= 0:
+      raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    self.rows = rows
+    self.images = images
+    self.batch_size = int(batch_size)
+    self.shuffle = bool(shuffle)
+    self.seed = int(seed)
+    self.num_examples = len(images)
+    self.num_batches = self.num_examples // self.batch_size
+    if self.num_batches == 0:
+      raise ValueError(f"No batches: {self.num_examples} examples, fewer than one batch of "
+                       f"{batch_size}.")
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def order(self, epoch: int) -> np.ndarray:
+    """`[N]` example indices in the order of `epoch`."""
+    if not self.shuffle:
+      return np.arange(self.num_examples)
+    return np.random.default_rng([self.seed, int(epoch)]).permutation(self.num_examples)
+
+  def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[np.ndarray]:
+    """The batches of one epoch, from batch index `start` on."""
+    order = self.order(epoch)
+    for i in range(start, self.num_batches):
+      yield self.images[order[i * self.batch_size:(i + 1) * self.batch_size][self.rows]]
+
+  def iterate(self, start_step: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """`(step, batch)` forever from global step `start_step`; epoch = step // num_batches."""
+    if start_step < 0:
+      raise ValueError(f"start_step must be >= 0, got {start_step}.")
+    epoch, i = divmod(int(start_step), self.num_batches)
+    step = int(start_step)
+    while True:
+      for batch in self.epoch_batches(epoch, start=i):
+        yield step, batch
+        step += 1
+      epoch, i = epoch + 1, 0
+
+  def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+    """Same as `iterate(0)`."""
+    return self.iterate(0)
 
 
 def device_batch_size(batch_size: int, n: int, mesh: Mesh) -> int:
@@ -45,7 +108,7 @@ def map_batches(fn: Callable[..., Any], params: Any, x: Any, batch_size: int,
   per-image key data), batched together. `fn(params, x_batch, batch_key)`, or
   `fn(params, x_batch)` when `key` is None (the caller's randomness is per example).
 
-  `mesh` defaults to every device (`data.make_data_mesh()`). A tqdm bar counts examples
+  `mesh` defaults to every device (`sharding.make_data_mesh()`). A tqdm bar counts examples
   when `progress` is set. `N = 0` returns None.
 
   `done` continues an interrupted pass: the outputs of a pass with the same `fn`, params, key
@@ -58,7 +121,7 @@ def map_batches(fn: Callable[..., Any], params: Any, x: Any, batch_size: int,
   n = len(jax.tree_util.tree_leaves(x)[0])
   if n == 0:
     return None
-  mesh = mesh if mesh is not None else data.make_data_mesh()
+  mesh = mesh if mesh is not None else sharding.make_data_mesh()
   bs = device_batch_size(batch_size, n, mesh)
   params = jax.device_put(params, NamedSharding(mesh, P()))  # replicated, moved once
   parts = [] if done is None else [done]
@@ -72,9 +135,8 @@ def map_batches(fn: Callable[..., Any], params: Any, x: Any, batch_size: int,
     for i in range(n0, n, bs):
       m = min(bs, n - i)
       # One compiled shape: pad with the last example, drop its outputs below.
-      xb = jax.tree_util.tree_map(
-          lambda a: data.global_batch(np.concatenate([a[i:i + m], np.repeat(a[i + m - 1:i + m],
-                                                                          bs - m, 0)]), mesh), x)
+      xb = jax.tree_util.tree_map(lambda a: sharding.global_batch(
+          np.concatenate([a[i:i + m], np.repeat(a[i + m - 1:i + m], bs - m, 0)]), mesh), x)
       out = fn(params, xb) if key is None else fn(params, xb, jax.random.fold_in(key, i))
       out = multihost_utils.process_allgather(out, tiled=True)  # every example, every process
       parts.append(jax.tree_util.tree_map(lambda a, m=m: np.asarray(a)[:m], out))

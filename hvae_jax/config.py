@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.ood = ("mnist",)  # OOD test sets evaluate.py uses by default
   c.data.eval_binarize_seed = 0
   # Ren et al.'s mu: each training step replaces every pixel value with this probability by
-  # uniform noise (data.perturb). > 0 only for background models (bg_llr score).
+  # uniform noise (preprocess.perturb). > 0 only for background models (bg_llr score).
   c.data.perturb_rate = 0.0
 
   c.model = ml_collections.ConfigDict()

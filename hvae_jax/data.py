@@ -1,12 +1,7 @@
-"""Datasets, preprocessing, minibatching and sharding.
+"""The data-set registry and its loaders: every split as uint8 `[N, H, W, C]` numpy images.
 
-Images are handled as uint8 `[N, H, W, C]` numpy arrays on the host (greyscale gets a channel
-axis of size 1) until a batch is handed to the model:
-
-* greyscale sets (`kind='binary'`) are dynamically binarized per batch, x ~ Bernoulli(pixel/255),
-  for the Bernoulli likelihood; evaluation data gets one fixed, seeded binarization instead so
-  that scores are reproducible (`eval_binarize`);
-* colour sets (`kind='discrete'`) stay uint8 in [0, 255] for the discretized likelihood.
+Images stay uint8 on the host (greyscale gets a channel axis of size 1); `preprocess.py` turns
+them into model input by the data set's `kind`, `batching.py` cuts them into batches.
 
 Five sources, one API (`load_images`):
 
@@ -47,22 +42,16 @@ import os
 import re
 import zipfile
 import zlib
-from typing import Any, Iterator, Optional, Sequence
+from typing import Optional
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hvae_jax import download as download_lib
-from hvae_jax import image_keys, photos
-
-Array = jax.Array
+from hvae_jax import photos
 
 DATA_DIR_ENV = "HVAE_DATA_DIR"
 SOURCES = ("auto", "npz", "idx", "tfds", "mock", "photos")
 MOCK_EXAMPLES = 512
-KINDS = ("binary", "discrete")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,230 +339,3 @@ def _load_tfds(name: str, spec: DatasetSpec, split: str, data_dir: Optional[str]
         f"{type(e).__name__}: {str(e).rstrip('.')}.{deps} Without internet, use an offline "
         f"copy instead: {_offline_hint(name)}.") from e
   return _check_images(out, spec, f"tfds {spec.tfds_name!r} split {split!r}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Preprocessing
-
-
-def binarize(key: Array, images_uint8: Any) -> Array:
-  """Dynamic binarization: float32 x ~ Bernoulli(pixel / 255), same shape, values in {0, 1}.
-
-  Pure jax and jittable; a fresh key per step gives a fresh draw (the standard regulariser for
-  binary likelihoods on greyscale data). Pixel 0 always maps to 0 and 255 always to 1.
-  """
-  x = jnp.asarray(images_uint8)
-  if not jnp.issubdtype(x.dtype, jnp.integer):
-    # Floats in [0, 1] would be silently divided by 255 again: refuse them.
-    raise TypeError(f"binarize expects integer pixels in [0, 255], got dtype {x.dtype}.")
-  p = x.astype(jnp.float32) / 255.0
-  return (jax.random.uniform(key, x.shape, jnp.float32) < p).astype(jnp.float32)
-
-
-def preprocess(images_uint8: Any, kind: str, key: Optional[Array] = None) -> Any:
-  """Model input from uint8 `[B, H, W, C]` images.
-
-  'binary': `binarize(key, images)` (float32 {0, 1}); `key` is required.
-  'discrete': the uint8 images unchanged (the discretized likelihood takes [0, 255]).
-  """
-  if kind == "binary":
-    if key is None:
-      raise ValueError("preprocess(kind='binary') needs a PRNG key for the Bernoulli draw "
-                       "(or use eval_binarize for fixed evaluation data).")
-    return binarize(key, images_uint8)
-  if kind == "discrete":
-    return images_uint8
-  raise ValueError(f"Unknown kind {kind!r}; choose one of {KINDS}.")
-
-
-def perturb(key: Array, images_uint8: Any, rate: float) -> Array:
-  """Ren et al. (2019)'s input perturbation, fresh per call: each pixel value (each channel)
-  is replaced with probability `rate` (their mu) by a uniform draw from {0, ..., 255}; uint8
-  `[B, H, W, C]` in and out, jittable. Applied before binarization, a replaced greyscale
-  pixel becomes a fair random bit (Bernoulli(U/255) with U uniform is Bernoulli(1/2))."""
-  x = jnp.asarray(images_uint8)
-  if x.dtype != jnp.uint8:
-    raise TypeError(f"perturb expects uint8 pixels, got dtype {x.dtype}.")
-  k_mask, k_val = jax.random.split(key)
-  noise = jax.random.randint(k_val, x.shape, 0, 256, jnp.int32).astype(jnp.uint8)
-  return jnp.where(jax.random.uniform(k_mask, x.shape) < rate, noise, x)
-
-
-def eval_binarize(images_uint8: np.ndarray, seed: int = 0) -> np.ndarray:
-  """One fixed Bernoulli(pixel/255) draw per image: float32 {0, 1}, same shape.
-
-  Each image's uniform noise comes from a numpy generator seeded with (`seed`, a digest of
-  its pixels), so the same image always becomes the same binary image, alone or inside any
-  set, in any position (`image_keys`): evaluation scores are reproducible per image.
-  """
-  images = np.asarray(images_uint8)
-  if not np.issubdtype(images.dtype, np.integer):
-    raise TypeError(f"eval_binarize expects integer pixels in [0, 255], got {images.dtype}.")
-  p = images.astype(np.float32) / np.float32(255.0)
-  out = np.empty(images.shape, np.float32)
-  for i, d in enumerate(image_keys.digests(images)):
-    rng = np.random.default_rng([int(seed), *image_keys.words(d, 4).tolist()])
-    out[i] = rng.random(images.shape[1:], dtype=np.float32) < p[i]
-  return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Minibatches
-
-
-class Batches:
-  """Deterministic minibatches of an array `[N, ...]` (usually uint8 `[N, H, W, C]`).
-
-  The order of epoch e is a permutation drawn from `numpy.random.default_rng([seed, e])`
-  (identity if `shuffle=False`), so any batch is a pure function of (seed, epoch, index): a
-  run resumed at global step s (`iterate(s)`) sees exactly the batches it would have seen.
-
-  Yield convention:
-    * `pad=False`: each batch is an array `[b, ...]`; b == batch_size except, with
-      `drop_remainder=False`, a smaller last batch.
-    * `pad=True` (requires `drop_remainder=False`): each batch is a tuple `(images, mask)` with
-      images `[batch_size, ...]` and bool mask `[batch_size]`; the last batch is zero-padded
-      and its padded rows have mask False. Fixed shapes mean no recompilation and every example
-      counted exactly once (for evaluation).
-
-  `rows` (a slice of `range(batch_size)`, with `pad=False`) reads only those rows of every
-  batch: a process's share of each global batch in a multi-process run (`process_rows`).
-  """
-
-  def __init__(self, images: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
-               drop_remainder: bool = True, pad: bool = False, rows: slice = slice(None)):
-    if batch_size <= 0:
-      raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    if pad and drop_remainder:
-      raise ValueError("pad=True needs drop_remainder=False (nothing is left to pad otherwise).")
-    if pad and rows != slice(None):
-      raise ValueError("rows needs pad=False (a padded batch is read whole).")
-    self.rows = rows
-    self.images = images
-    self.batch_size = int(batch_size)
-    self.shuffle = bool(shuffle)
-    self.seed = int(seed)
-    self.drop_remainder = bool(drop_remainder)
-    self.pad = bool(pad)
-    self.num_examples = len(images)
-    if drop_remainder:
-      self.num_batches = self.num_examples // self.batch_size
-    else:
-      self.num_batches = math.ceil(self.num_examples / self.batch_size)
-    if self.num_batches == 0:
-      raise ValueError(f"No batches: {self.num_examples} examples, batch_size {batch_size}, "
-                       f"drop_remainder={drop_remainder}.")
-
-  def __len__(self) -> int:
-    return self.num_batches
-
-  def order(self, epoch: int) -> np.ndarray:
-    """`[N]` example indices in the order of `epoch`."""
-    if not self.shuffle:
-      return np.arange(self.num_examples)
-    return np.random.default_rng([self.seed, int(epoch)]).permutation(self.num_examples)
-
-  def _batch(self, order: np.ndarray, i: int):
-    idx = order[i * self.batch_size:(i + 1) * self.batch_size][self.rows]
-    x = self.images[idx]
-    if not self.pad:
-      return x
-    n = len(idx)
-    mask = np.zeros((self.batch_size,), bool)
-    mask[:n] = True
-    if n < self.batch_size:
-      x = np.concatenate([x, np.zeros((self.batch_size - n,) + x.shape[1:], x.dtype)])
-    return x, mask
-
-  def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
-    """The batches of one epoch, from batch index `start` on (see the class yield convention)."""
-    order = self.order(epoch)
-    for i in range(start, self.num_batches):
-      yield self._batch(order, i)
-
-  def iterate(self, start_step: int = 0) -> Iterator[tuple[int, Any]]:
-    """`(step, batch)` forever from global step `start_step`; epoch = step // num_batches."""
-    if start_step < 0:
-      raise ValueError(f"start_step must be >= 0, got {start_step}.")
-    epoch, i = divmod(int(start_step), self.num_batches)
-    step = int(start_step)
-    while True:
-      for batch in self.epoch_batches(epoch, start=i):
-        yield step, batch
-        step += 1
-      epoch, i = epoch + 1, 0
-
-  def __iter__(self) -> Iterator[tuple[int, Any]]:
-    """Same as `iterate(0)`."""
-    return self.iterate(0)
-
-
-# ----------------------------------------------------------------------------------------------
-# Sharding
-
-
-def shard_batch(x: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
-  """Reshape the leading axis of every leaf `[B, ...]` -> `[n_devices, B / n_devices, ...]`.
-
-  For `jax.pmap`; `devices` default: all local devices. Works on pytrees, e.g. `(images, mask)`.
-  """
-  n = len(devices) if devices is not None else jax.local_device_count()
-
-  def one(a):
-    b = a.shape[0]
-    if b % n:
-      raise ValueError(f"Batch size {b} is not divisible by the number of devices {n}.")
-    return a.reshape((n, b // n) + tuple(a.shape[1:]))
-
-  return jax.tree_util.tree_map(one, x)
-
-
-def make_data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-  """1-D mesh with axis 'data' over `devices` (default: all devices).
-
-  Axis type Auto (jax.make_mesh defaults to Explicit in this jax version): jit propagates the
-  batch sharding itself, the usual data-parallel behaviour.
-  """
-  devices = list(devices) if devices is not None else jax.devices()
-  return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
-
-
-def shard_to_mesh(x: Any, mesh: Mesh, axis_name: str = "data") -> Any:
-  """`jax.device_put` every leaf with its leading (batch) axis split over `mesh[axis_name]`."""
-  n = mesh.shape[axis_name]
-  for a in jax.tree_util.tree_leaves(x):
-    if np.shape(a)[0] % n:
-      raise ValueError(f"Batch size {np.shape(a)[0]} is not divisible by mesh axis "
-                       f"{axis_name!r} of size {n}.")
-  return jax.device_put(x, NamedSharding(mesh, PartitionSpec(axis_name)))
-
-
-def global_batch(x: np.ndarray, mesh: Mesh, axis_name: str = "data") -> jax.Array:
-  """`x` `[batch, ...]`, which every process holds whole, as one array sharded on its batch
-  axis over `mesh`: each process places only the rows of its own devices (several hosts too)."""
-  return from_process_rows(x[process_rows(len(x), mesh, axis_name)], len(x), mesh, axis_name)
-
-
-def process_rows(batch_size: int, mesh: Mesh, axis_name: str = "data") -> slice:
-  """The rows of a global `[batch_size, ...]` batch sharded over `mesh[axis_name]` that this
-  process's devices hold: what it reads (all rows with one process)."""
-  sharding = NamedSharding(mesh, PartitionSpec(axis_name))
-  spans = sorted({(s[0].start or 0, s[0].stop if s[0].stop is not None else batch_size)
-                  for s in sharding.addressable_devices_indices_map((batch_size,)).values()})
-  start, stop = spans[0][0], spans[-1][1]
-  if sum(b - a for a, b in spans) != stop - start:
-    raise ValueError(f"this process's devices hold rows {spans} of the batch, not one block; "
-                     "build the mesh with each process's devices next to each other.")
-  return slice(start, stop)
-
-
-def from_process_rows(local: np.ndarray, batch_size: int, mesh: Mesh,
-                      axis_name: str = "data") -> jax.Array:
-  """The global `[batch_size, ...]` batch from this process's rows `process_rows(...)` of it,
-  sharded on the batch axis over `mesh` (each process passes its own rows)."""
-  if batch_size % mesh.shape[axis_name]:
-    raise ValueError(f"Batch size {batch_size} is not divisible by mesh axis {axis_name!r} of "
-                     f"size {mesh.shape[axis_name]}.")
-  return jax.make_array_from_process_local_data(
-      NamedSharding(mesh, PartitionSpec(axis_name)), local, (batch_size, *local.shape[1:]))

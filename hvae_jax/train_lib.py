@@ -25,7 +25,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hvae_jax import (batching, checkpoints, config as config_lib, data, host_memory, layers,
-                      multihost, objectives, plots)
+                      multihost, objectives, plots, preprocess, sharding)
 from hvae_jax.models import build_model
 
 Array = jax.Array
@@ -77,11 +77,6 @@ def fresh_state(params: Any, config: ml_collections.ConfigDict, step: int = 0) -
                     opt_state=make_optimizer(config).init(params))
 
 
-def model_input(batch: Array, kind: str, key: Array) -> Array:
-  """Training input: a fresh binarization per step for greyscale, uint8 as is for colour."""
-  return data.preprocess(batch, kind, key) if kind == "binary" else batch
-
-
 def make_train_step(model, config: ml_collections.ConfigDict, steps_per_epoch: int,
                     kind: str) -> Callable[[TrainState, Array, Array], tuple[TrainState, dict]]:
   """The (unjitted) train step `(state, batch_uint8, root_key) -> (state, metrics)`.
@@ -97,8 +92,8 @@ def make_train_step(model, config: ml_collections.ConfigDict, steps_per_epoch: i
     key = jax.random.fold_in(root_key, state.step)
     k_bin, k_model = jax.random.split(key)
     if config.data.perturb_rate > 0:  # background model: fresh noise every step (Ren et al.)
-      batch = data.perturb(jax.random.fold_in(key, 2), batch, config.data.perturb_rate)
-    x = model_input(batch, kind, k_bin)
+      batch = preprocess.perturb(jax.random.fold_in(key, 2), batch, config.data.perturb_rate)
+    x = preprocess.train_input(batch, kind, k_bin)
     epoch = state.step / steps_per_epoch
     beta = objectives.kl_warmup(epoch, t.warmup_epochs)
     budget = objectives.free_bits_budget(epoch, t.free_bits, t.free_bits_epochs)
@@ -143,11 +138,6 @@ def compile_train_step(train_step: Callable, state: TrainState, batch: Any, key:
 def make_eval_fn(model) -> Callable[[Any, Array, Array], Array]:
   """jitted `(params, x, key) -> [batch]` one-sample ELBO in nats (beta = 1, no free bits)."""
   return jax.jit(lambda params, x, key: objectives.bound(model.apply({"params": params}, x, key)))
-
-
-def eval_images(images: np.ndarray, kind: str, seed: int) -> np.ndarray:
-  """Evaluation input: binarized once with a fixed seed (reproducible), or uint8 as is."""
-  return data.eval_binarize(images, seed) if kind == "binary" else images
 
 
 def evaluate_bpd(eval_fn, params, images: np.ndarray, batch_size: int, key: Array) -> float:
@@ -434,12 +424,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   image_shape = train_images.shape[1:]
   if t.eval_examples > 0:
     test_images = test_images[:t.eval_examples]
-  test_x = eval_images(test_images, kind, config.data.eval_binarize_seed)
+  test_x = preprocess.eval_input(test_images, kind, config.data.eval_binarize_seed)
 
-  mesh = data.make_data_mesh()
+  mesh = sharding.make_data_mesh()
   # Every process computes the same global order (seed, step) and reads only its own rows.
-  batches = data.Batches(train_images, t.batch_size, shuffle=True, seed=config.seed,
-                         rows=data.process_rows(t.batch_size, mesh))
+  batches = batching.Batches(train_images, t.batch_size, shuffle=True, seed=config.seed,
+                             rows=sharding.process_rows(t.batch_size, mesh))
   steps_per_epoch = batches.num_batches
   total_steps = t.max_steps if t.max_steps > 0 else int(t.epochs * steps_per_epoch)
   eval_every = max(1, int(round(t.eval_every_epochs * steps_per_epoch)))
@@ -459,7 +449,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     ckpt = cleanup.enter_context(checkpoints.Checkpointer(
         os.path.join(workdir, checkpoints.CHECKPOINT_SUBDIR), t.keep_checkpoints))
     cleanup.callback(ckpt.wait)  # every started save is on disk, or its error raised
-    state = initial_state(ckpt, model, config, eval_images(init_images, kind, config.seed),
+    state = initial_state(ckpt, model, config,
+                          preprocess.eval_input(init_images, kind, config.seed),
                           NamedSharding(mesh, P()))
     train_step = compile_train_step(
         train_step, state, jax.ShapeDtypeStruct((t.batch_size, *image_shape), train_images.dtype,
@@ -486,8 +477,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         for step, batch in batches.iterate(start):
           if step >= total_steps:
             break
-          state, metrics = train_step(state, data.from_process_rows(batch, t.batch_size, mesh),
-                                      root_key)
+          state, metrics = train_step(
+              state, sharding.from_process_rows(batch, t.batch_size, mesh), root_key)
           nonfinite.add(metrics["finite"], step)
           seen += t.batch_size
           done = step + 1

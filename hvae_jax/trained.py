@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hvae_jax import (batching, cache, checkpoints, checks, config as config_lib, data, image_keys,
-                      ood, thresholds)
+                      ood, preprocess, thresholds)
 from hvae_jax.models import build_model
 
 
@@ -63,9 +63,7 @@ class TrainedModel:
 
   def model_inputs(self, images_uint8: np.ndarray) -> np.ndarray:
     """What the model scores: a fixed, seeded binarization for greyscale, uint8 for colour."""
-    if self.kind == "binary":
-      return data.eval_binarize(images_uint8, self.config.data.eval_binarize_seed)
-    return images_uint8
+    return preprocess.eval_input(images_uint8, self.kind, self.config.data.eval_binarize_seed)
 
   def score_fn(self, ks: Sequence[int], iw_samples_elbo: int, iw_samples_lk: int, chunk_size: int):
     """The jitted `(params, x, key_data) -> {name: [batch]}` per-image scorer for these

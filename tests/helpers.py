@@ -5,7 +5,7 @@ import os
 import jax
 import numpy as np
 
-from hvae_jax import data, layers
+from hvae_jax import data, layers, preprocess
 from hvae_jax.models import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +36,16 @@ def mnist_slice(n, seed=0):
   return x[np.random.default_rng(seed).permutation(len(x))[:n]]
 
 
+def indexed_images(n: int) -> np.ndarray:
+  """uint8 `[n, 2, 2, 1]` images whose pixels all equal their index."""
+  return np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 2, 2, 1)).copy()
+
+
+def ids(batch: np.ndarray) -> list[int]:
+  """Example ids of a batch of `indexed_images`."""
+  return [int(v) for v in batch[:, 0, 0, 0]]
+
+
 def idx_bytes(images: np.ndarray) -> bytes:
   """An idx file as the official ones: magic 0x0803 for uint8 3-D, big-endian dims, pixels."""
   return (bytes([0, 0, 0x08, images.ndim]) + np.asarray(images.shape, ">u4").tobytes()
@@ -59,7 +69,7 @@ def _init(config, image_shape, seed):
   if config.model.likelihood == "dmol":
     x = np.random.default_rng(seed).integers(0, 256, (16, *image_shape), dtype=np.uint8)
   else:
-    x = data.eval_binarize(fmnist_slice(64, "train", seed), seed)
+    x = preprocess.eval_binarize(fmnist_slice(64, "train", seed), seed)
   params = layers.init_params(model, jax.random.key(seed), x, jax.random.key(1))
   return model, params
 

@@ -96,11 +96,11 @@ def test_saved_configs_from_before_the_activation_keys_keep_their_activations():
 
 def test_build_model_defaults_to_the_datasets_image_shape():
   import jax
-  from hvae_jax import data
+  from hvae_jax import preprocess
   c = hvae_jax.load_config("tiny")
   model = hvae_jax.build_model(c)
   assert model.image_shape == (28, 28, 1)
-  x = data.eval_binarize(fmnist_slice(4), 0)
+  x = preprocess.eval_binarize(fmnist_slice(4), 0)
   # Shapes only (tracing, no compilation): init, then prior samples.
   variables = jax.eval_shape(model.init, jax.random.key(0), x, jax.random.key(1))
   samples = jax.eval_shape(lambda v, k: model.apply(v, k, 3, method=model.sample), variables,

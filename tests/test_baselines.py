@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hvae_jax import api, baselines, data, evaluation, objectives, train_lib
+from hvae_jax import api, baselines, evaluation, objectives, preprocess, train_lib
 from tests.helpers import DATA_DIR, REPO, fmnist_slice, mnist_slice, tiny_config, \
     tiny_model_and_params
 
@@ -244,16 +244,16 @@ def test_scores_parsing_and_reference_set_is_disjoint_from_scored_train_set():
 
 def test_perturbation_replaces_pixels_at_the_rate_with_uniform_noise():
   x = jnp.full((50, 28, 28, 1), 7, jnp.uint8)
-  assert np.array_equal(data.perturb(jax.random.key(0), x, 0.0), x)
-  p = np.asarray(data.perturb(jax.random.key(0), x, 0.25))
+  assert np.array_equal(preprocess.perturb(jax.random.key(0), x, 0.0), x)
+  p = np.asarray(preprocess.perturb(jax.random.key(0), x, 0.25))
   assert p.dtype == np.uint8
   # a replaced pixel keeps its value with probability 1/256
   assert abs(np.mean(p != 7) - 0.25 * 255 / 256) < 0.01
   noise = p[p != 7].astype(np.float64)
   assert abs(noise.mean() - 127.5) < 3 and noise.min() < 5 and noise.max() > 250
-  assert not np.array_equal(p, np.asarray(data.perturb(jax.random.key(1), x, 0.25)))
+  assert not np.array_equal(p, np.asarray(preprocess.perturb(jax.random.key(1), x, 0.25)))
   with pytest.raises(TypeError, match="uint8"):
-    data.perturb(jax.random.key(0), x.astype(jnp.float32), 0.1)
+    preprocess.perturb(jax.random.key(0), x.astype(jnp.float32), 0.1)
 
 
 def _train(workdir, seed, perturb_rate=0.0):

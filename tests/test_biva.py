@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hvae_jax import data, layers, objectives, ood, train_lib
+from hvae_jax import layers, objectives, ood, preprocess, sharding, train_lib
 from hvae_jax.layers import count_params
 from hvae_jax.models import build_model
 from tests.helpers import REPO, fmnist_slice, tiny_config
@@ -51,11 +51,11 @@ def tiny_biva_config(**overrides):
 
 
 def _x(n=4):
-  return data.eval_binarize(fmnist_slice(n), 0)
+  return preprocess.eval_binarize(fmnist_slice(n), 0)
 
 
 def _x_init():
-  return data.eval_binarize(fmnist_slice(64, "train"), 0)
+  return preprocess.eval_binarize(fmnist_slice(64, "train"), 0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -168,11 +168,11 @@ def _train_step(n_devices):
   """The tiny BIVA's data-parallel train step over `n_devices`, compiled once per session."""
   model, params = _tiny()
   config = tiny_biva_config()
-  mesh = data.make_data_mesh(jax.devices()[:n_devices])
+  mesh = sharding.make_data_mesh(jax.devices()[:n_devices])
   step = train_lib.make_train_step(model, config, steps_per_epoch=100, kind="binary")
   fn = train_lib.make_data_parallel(step, mesh)
   state = _init_state(mesh)
-  return mesh, _compile(fn, state, data.shard_to_mesh(fmnist_slice(BATCH), mesh),
+  return mesh, _compile(fn, state, sharding.global_batch(fmnist_slice(BATCH), mesh),
                         jax.random.key(0))
 
 
@@ -189,7 +189,7 @@ def _train(steps, n_devices, batches, key):
   """`steps` train steps of the tiny BIVA from its initial params; final state, losses."""
   mesh, fn = _train_step(n_devices)
   state = _init_state(mesh)
-  batches = [data.shard_to_mesh(b, mesh) for b in batches]
+  batches = [sharding.global_batch(b, mesh) for b in batches]
   losses = []
   for i in range(steps):
     state, metrics = fn(state, batches[i % len(batches)], key)

@@ -1,4 +1,4 @@
-"""Tests of hvae_jax.data: loading (tfds mock + real offline npz), preprocessing, batches, sharding."""
+"""Tests of hvae_jax.data: the registry and loading (tfds mock, real offline npz, idx files)."""
 from __future__ import annotations
 
 import gzip
@@ -12,22 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hvae_jax import data, download
+from hvae_jax import batching, data, download, preprocess
 from tests.helpers import idx_bytes
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # CI has ../shared/data beside the checkout; scripts/test.sh exports it as HVAE_DATA_DIR.
 SHARED_DATA = pathlib.Path(os.environ.get("HVAE_DATA_DIR") or REPO.parent / "shared" / "data")
-
-
-def ids(batch: np.ndarray) -> list[int]:
-  """Example ids of a batch of `_indexed` images."""
-  return [int(v) for v in batch[:, 0, 0, 0]]
-
-
-def _indexed(n: int) -> np.ndarray:
-  """uint8 `[n, 2, 2, 1]` images whose pixels all equal their index."""
-  return np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 2, 2, 1)).copy()
 
 
 # ---------------------------------------------------------------------------------- registry
@@ -125,13 +115,13 @@ def test_real_mnist(shared_dir):
 
 def test_real_slice_pipeline(fmnist_test):
   """A tiny shuffled slice, binarized for evaluation: what the eval loop does."""
-  b = data.Batches(fmnist_test, 64, shuffle=True, seed=0)
+  b = batching.Batches(fmnist_test, 64, shuffle=True, seed=0)
   x = next(b.epoch_batches(0))
   assert x.shape == (64, 28, 28, 1) and x.dtype == np.uint8
-  xb = data.eval_binarize(x, seed=0)
+  xb = preprocess.eval_binarize(x, seed=0)
   assert xb.dtype == np.float32 and set(np.unique(xb)) <= {0.0, 1.0}
   assert abs(xb.mean() - x.mean() / 255) < 0.02
-  xk = data.preprocess(x, data.DATASETS["fashion_mnist"].kind, key=jax.random.key(0))
+  xk = preprocess.train_input(x, data.DATASETS["fashion_mnist"].kind, key=jax.random.key(0))
   assert xk.shape == x.shape and xk.dtype == jnp.float32
 
 
@@ -290,192 +280,3 @@ def test_wrong_dtype_and_shape_npz(tmp_path):
   np.savez(tmp_path / "mnist.npz", test_images=np.zeros((3, 32, 32), np.uint8))
   with pytest.raises(ValueError, match=r"shape \(3, 32, 32, 1\)"):
     data.load_images("mnist", "test", data_dir=str(tmp_path), source="npz")
-
-
-# ---------------------------------------------------------------------------- binarization
-
-
-def test_binarize_statistics():
-  x = np.tile(np.arange(256, dtype=np.uint8), (4000, 1))  # every pixel value, 4000 draws each
-  b = jax.jit(data.binarize)(jax.random.key(0), x)
-  assert b.dtype == jnp.float32 and b.shape == x.shape
-  b = np.asarray(b)
-  assert set(np.unique(b)) == {0.0, 1.0}
-  np.testing.assert_allclose(b.mean(0), np.arange(256) / 255, atol=0.04)
-  assert b[:, 0].max() == 0 and b[:, 255].min() == 1
-  b2 = np.asarray(data.binarize(jax.random.key(1), x))
-  assert (b != b2).any()
-  np.testing.assert_array_equal(b, np.asarray(data.binarize(jax.random.key(0), x)))
-
-
-def test_binarize_rejects_floats():
-  with pytest.raises(TypeError):
-    data.binarize(jax.random.key(0), np.zeros((2, 2), np.float32))
-
-
-def test_eval_binarize():
-  # 2000 distinct images (the last pixel numbers them), each a ramp 0..255.
-  x = np.tile(np.arange(257, dtype=np.uint16), (2000, 1))
-  x[:, -1] = np.arange(2000) % 256
-  x[:, -2] = np.arange(2000) // 256
-  x = x.astype(np.uint8)
-  a = data.eval_binarize(x, seed=0)
-  assert a.dtype == np.float32 and a.shape == x.shape and set(np.unique(a)) == {0.0, 1.0}
-  np.testing.assert_array_equal(a, data.eval_binarize(x, seed=0))
-  assert (a != data.eval_binarize(x, seed=1)).any()
-  np.testing.assert_allclose(a.mean(0)[:-2], np.arange(255) / 255, atol=0.05)
-
-
-def test_eval_binarize_is_per_image():
-  """An image's binarization depends on the image and the seed only: not on its position or
-  the other images in the call (so its scores and verdict do not either)."""
-  x = np.random.default_rng(0).integers(0, 256, (50, 6, 6, 1), dtype=np.uint8)
-  a = data.eval_binarize(x, seed=3)
-  perm = np.random.default_rng(1).permutation(50)
-  np.testing.assert_array_equal(data.eval_binarize(x[perm], seed=3), a[perm])
-  np.testing.assert_array_equal(data.eval_binarize(x[7:8], seed=3), a[7:8])
-  twice = data.eval_binarize(np.concatenate([x[:1], x[:1]]), seed=3)
-  np.testing.assert_array_equal(twice[0], twice[1])
-
-
-def test_preprocess():
-  x = np.full((2, 4, 4, 3), 7, np.uint8)
-  out = data.preprocess(x, "discrete")
-  assert out.dtype == np.uint8
-  np.testing.assert_array_equal(out, x)
-  with pytest.raises(ValueError, match="key"):
-    data.preprocess(x, "binary")
-  with pytest.raises(ValueError, match="kind"):
-    data.preprocess(x, "continuous", key=jax.random.key(0))
-
-
-# --------------------------------------------------------------------------------- batches
-
-
-def test_batches_drop_remainder_and_shuffle():
-  x = _indexed(10)
-  b = data.Batches(x, 3, shuffle=True, seed=0)
-  assert b.num_batches == len(b) == 3
-  e0 = [ids(y) for y in b.epoch_batches(0)]
-  assert all(len(y) == 3 for y in e0)
-  flat = sum(e0, [])
-  assert len(set(flat)) == 9 and set(flat) <= set(range(10))
-  assert e0 == [ids(y) for y in data.Batches(x, 3, shuffle=True, seed=0).epoch_batches(0)]
-  assert e0 != [ids(y) for y in b.epoch_batches(1)]
-  assert e0 != [ids(y) for y in data.Batches(x, 3, shuffle=True, seed=1).epoch_batches(0)]
-  assert flat != list(range(9))
-
-
-def test_batches_no_shuffle_keep_remainder():
-  b = data.Batches(_indexed(10), 4, shuffle=False, drop_remainder=False)
-  got = [ids(y) for y in b.epoch_batches(3)]
-  assert got == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] and b.num_batches == 3
-
-
-def test_batches_pad_with_mask():
-  b = data.Batches(_indexed(10), 4, shuffle=True, seed=3, drop_remainder=False, pad=True)
-  batches = list(b.epoch_batches(0))
-  assert len(batches) == b.num_batches == 3
-  for images, mask in batches:
-    assert images.shape == (4, 2, 2, 1) and images.dtype == np.uint8
-    assert mask.shape == (4,) and mask.dtype == bool
-  np.testing.assert_array_equal(batches[-1][1], [True, True, False, False])
-  assert (batches[-1][0][2:] == 0).all()
-  seen = sum((ids(im[m]) for im, m in batches), [])
-  assert sorted(seen) == list(range(10))  # every example exactly once
-
-
-def test_batches_bad_arguments():
-  with pytest.raises(ValueError):
-    data.Batches(_indexed(10), 4, shuffle=False, drop_remainder=True, pad=True)
-  with pytest.raises(ValueError):
-    data.Batches(_indexed(3), 4, shuffle=False)
-  with pytest.raises(ValueError):
-    data.Batches(_indexed(3), 0, shuffle=False)
-
-
-def test_batches_resume():
-  b = data.Batches(_indexed(11), 3, shuffle=True, seed=5)  # 3 batches per epoch
-  run = []
-  for step, y in b.iterate(0):
-    run.append((step, ids(y)))
-    if step == 9:
-      break
-  assert [s for s, _ in run] == list(range(10))
-  assert [i for _, i in run[3:6]] == [ids(y) for y in b.epoch_batches(1)]
-  for start in (0, 2, 3, 7):
-    resumed = data.Batches(_indexed(11), 3, shuffle=True, seed=5)  # fresh object, as on restart
-    it = resumed.iterate(start)
-    got = [(s, ids(y)) for s, y in (next(it) for _ in range(10 - start))]
-    assert got == run[start:]
-
-
-# -------------------------------------------------------------------------------- sharding
-
-
-@pytest.fixture(scope="module")
-def cpus():
-  devs = jax.devices("cpu")
-  # Two simulated CPU devices (XLA_FLAGS from conftest / scripts/test.sh): the sharded path must
-  # really run, so this is an assertion, not a skip.
-  assert len(devs) >= 2, "need XLA_FLAGS=--xla_force_host_platform_device_count=2"
-  return devs[:2]
-
-
-def test_shard_batch_pmap(cpus):
-  x = _indexed(8)
-  mask = np.ones((8,), bool)
-  sx, sm = data.shard_batch((x, mask), devices=cpus)
-  assert sx.shape == (2, 4, 2, 2, 1) and sm.shape == (2, 4)
-  np.testing.assert_array_equal(sx[1, 0], x[4])
-  sums = jax.pmap(lambda a: a.astype(jnp.int32).sum(), devices=cpus)(sx)
-  np.testing.assert_array_equal(np.asarray(sums), [x[:4].sum(), x[4:].sum()])
-  with pytest.raises(ValueError, match="divisible"):
-    data.shard_batch(_indexed(7), devices=cpus)
-
-
-def test_shard_batch_default_devices():
-  n = jax.local_device_count()
-  assert data.shard_batch(np.zeros((2 * n, 3))).shape == (n, 2, 3)
-
-
-def test_shard_to_mesh(cpus):
-  mesh = data.make_data_mesh(cpus)
-  assert mesh.shape["data"] == 2
-  x = _indexed(8)
-  y = data.shard_to_mesh(x, mesh)
-  shards = sorted(y.addressable_shards, key=lambda s: s.index[0].start)
-  assert len(shards) == 2 and {s.device for s in shards} == set(cpus)
-  np.testing.assert_array_equal(np.asarray(shards[0].data), x[:4])
-  np.testing.assert_array_equal(np.asarray(shards[1].data), x[4:])
-  # A jitted reduction over the sharded batch is correct.
-  total = jax.jit(lambda a: a.astype(jnp.int32).sum())(y)
-  assert int(total) == int(x.astype(np.int64).sum())
-  with pytest.raises(ValueError, match="divisible"):
-    data.shard_to_mesh(_indexed(5), mesh)
-
-
-def test_make_data_mesh_default():
-  assert data.make_data_mesh().shape["data"] == jax.device_count()
-
-
-def test_process_rows_read_and_placed(cpus):
-  """One process holds every row; Batches(rows=...) reads them, from_process_rows places them
-  as shard_to_mesh would (the multi-process split itself: tests/test_multiprocess.py)."""
-  mesh = data.make_data_mesh(cpus)
-  rows = data.process_rows(8, mesh)
-  assert rows == slice(0, 8)
-  x = _indexed(20)
-  whole = data.Batches(x, 8, shuffle=True, seed=3)
-  part = data.Batches(x, 8, shuffle=True, seed=3, rows=slice(2, 6))
-  for (s, a), (t, b) in zip(whole.iterate(1), part.iterate(1)):
-    assert s == t and np.array_equal(a[2:6], b)
-    if s == 4:
-      break
-  y = data.from_process_rows(x[:8], 8, mesh)
-  assert y.sharding == data.shard_to_mesh(x[:8], mesh).sharding
-  np.testing.assert_array_equal(np.asarray(y), x[:8])
-  with pytest.raises(ValueError, match="divisible"):
-    data.from_process_rows(x[:5], 5, mesh)
-  with pytest.raises(ValueError, match="rows needs pad=False"):
-    data.Batches(x, 8, shuffle=False, drop_remainder=False, pad=True, rows=slice(0, 4))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from hvae_jax import data, layers, objectives
+from hvae_jax import layers, objectives, preprocess
 from hvae_jax.config import base_config
 from hvae_jax.layers import WNConv, WNDense, conv2d_same, count_params
 from hvae_jax.models import build_model
@@ -14,7 +14,7 @@ from tests.helpers import fmnist_slice, tiny_config, tiny_model_and_params
 
 
 def _x(n=4):
-  return data.eval_binarize(fmnist_slice(n), 0)
+  return preprocess.eval_binarize(fmnist_slice(n), 0)
 
 
 def test_output_shapes_and_finite():

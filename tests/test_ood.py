@@ -3,13 +3,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hvae_jax import data, objectives, ood
+from hvae_jax import objectives, ood, preprocess
 from tests.helpers import fmnist_slice, tiny_model_and_params
 
 
 def _setup(n=6):
   model, params = tiny_model_and_params()
-  return model, params, data.eval_binarize(fmnist_slice(n), 0)
+  return model, params, preprocess.eval_binarize(fmnist_slice(n), 0)
 
 
 def test_l0_equals_elbo_and_vmap_over_k_equals_loop():

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from hvae_jax import api, baselines, batching, data, image_keys
+from hvae_jax import api, baselines, batching, image_keys, sharding
 from tests.helpers import fmnist_slice, mnist_slice, tiny_model_and_params
 
 
@@ -15,7 +15,7 @@ from tests.helpers import fmnist_slice, mnist_slice, tiny_model_and_params
 def models(tiny_workdir):
   assert jax.device_count() == 2, "conftest.py sets up 2 CPU devices"
   every = api.load_model(tiny_workdir)
-  one = dataclasses.replace(every, mesh=data.make_data_mesh(jax.devices()[:1]), _fns={})
+  one = dataclasses.replace(every, mesh=sharding.make_data_mesh(jax.devices()[:1]), _fns={})
   return every, one
 
 
@@ -37,7 +37,7 @@ def test_paper_scores_over_two_devices_equal_one_device(models):
 
 def test_batch_size_is_rounded_up_to_the_device_count(models):
   every, _ = models
-  mesh = data.make_data_mesh()
+  mesh = sharding.make_data_mesh()
   assert batching.device_batch_size(7, 100, mesh) == 8
   assert batching.device_batch_size(500, 3, mesh) == 4
   s = every.score(fmnist_slice(3), batch_size=3)  # odd sizes still work

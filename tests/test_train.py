@@ -14,7 +14,7 @@ import pytest
 from jax._src import array as jax_array
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hvae_jax import checkpoints, data, layers, train_lib
+from hvae_jax import checkpoints, layers, preprocess, sharding, train_lib
 from hvae_jax.models import build_model
 from tests.helpers import fmnist_slice, tiny_config
 
@@ -33,12 +33,12 @@ def test_two_device_step_equals_one_device_step():
   key = jax.random.key(0)
   results = []
   for devices in (jax.devices()[:1], jax.devices()[:2]):
-    mesh = data.make_data_mesh(devices)
-    x_init = data.eval_binarize(batch, 0)
+    mesh = sharding.make_data_mesh(devices)
+    x_init = preprocess.eval_binarize(batch, 0)
     state = jax.device_put(train_lib.init_state(model, config, x_init), NamedSharding(mesh, P()))
     fn = train_lib.make_data_parallel(step, mesh)
     for _ in range(3):
-      state, metrics = fn(state, data.shard_to_mesh(batch, mesh), key)
+      state, metrics = fn(state, sharding.global_batch(batch, mesh), key)
     results.append((state, metrics))
   _leaves_close(results[0][0].params, results[1][0].params, rtol=2e-4, atol=2e-5)
   np.testing.assert_allclose(results[0][1]["loss"], results[1][1]["loss"], rtol=1e-5)
@@ -152,7 +152,7 @@ def test_perturb_rate_feeds_the_step_fresh_noise_instead_of_the_data(tmp_path):
     config = tiny_config(data__perturb_rate=rate)
     model = build_model(config, (28, 28, 1))
     step = jax.jit(train_lib.make_train_step(model, config, steps_per_epoch=100, kind="binary"))
-    state = train_lib.init_state(model, config, data.eval_binarize(fmnist_slice(8), 0))
+    state = train_lib.init_state(model, config, preprocess.eval_binarize(fmnist_slice(8), 0))
     losses[rate] = [float(step(state, np.full((8, 28, 28, 1), v, np.uint8),
                                jax.random.key(0))[1]["loss"]) for v in (0, 255)]
   assert losses[0.0][0] != pytest.approx(losses[0.0][1], rel=1e-3)

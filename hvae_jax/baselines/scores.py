@@ -196,8 +196,8 @@ def input_complexity(model_bpd: Array, complexity_bpd: Array) -> Array:
 def background_llr(log_p_model: Array, log_p_background: Array) -> Array:
   """`[N]` -LLR(x) = -(log p_model(x) - log p_background(x)) (Ren et al. 2019, eq. 5 with the
   sign flipped so that larger = more OOD); the background model is the same architecture
-  trained with `config.data.perturb_rate` = mu > 0 (`data.perturb`, fresh noise every step),
-  so it captures the population-level background statistics."""
+  trained with `config.data.perturb_rate` = mu > 0 (`preprocess.perturb`, fresh noise every
+  step), so it captures the population-level background statistics."""
   return jnp.asarray(log_p_background) - jnp.asarray(log_p_model)
 
 

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from hvae_jax import batching, cache, data
+from hvae_jax import batching, cache, sharding
 from hvae_jax.evaluation.settings import EvalSettings
 from hvae_jax.scored import ScoredSet
 from hvae_jax.trained import TrainedModel
@@ -45,7 +45,7 @@ def _score_resumably(trained: TrainedModel, images: np.ndarray, settings: EvalSe
   """`trained.score` of a set that keeps its progress in `score_cache` at least every
   PARTIAL_EVERY_S seconds and when stopped (Ctrl-C, an error), and continues a pass a killed
   run left: the scores equal one uninterrupted pass's. `_seconds` counts every run's time."""
-  mesh = trained.mesh if trained.mesh is not None else data.make_data_mesh()
+  mesh = trained.mesh if trained.mesh is not None else sharding.make_data_mesh()
   bs = batching.device_batch_size(settings.batch_size, len(images), mesh)
   pass_key = cache.key_of(scores=key, batch_size=bs)  # another split of the batches starts over
   done = score_cache.get_partial(name, pass_key)
