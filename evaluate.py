@@ -73,7 +73,7 @@ def main(argv):
     multihost.initialize_from_flags()  # every process scores its share; process 0 writes
   except (RuntimeError, ValueError) as e:  # no coordinator found or reachable
     raise SystemExit(f"error: {e}") from None
-  from hvae_jax import api, competing, evaluation, report, train_lib  # pylint: disable=import-outside-toplevel
+  from hvae_jax import api, compilation_cache, competing, evaluation, report  # pylint: disable=import-outside-toplevel
   from hvae_jax.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
   try:
     trained = api.load_model(FLAGS.checkpoint or FLAGS.workdir, FLAGS.config)
@@ -89,9 +89,9 @@ def main(argv):
             regret_steps=FLAGS.regret_steps, regret_lr=FLAGS.regret_lr,
             regret_weight_decay=FLAGS.regret_weight_decay))
     c = trained.config
-    train_lib.enable_compilation_cache(c.compilation_cache_dir
-                                       if FLAGS.compilation_cache_dir is None
-                                       else FLAGS.compilation_cache_dir)
+    compilation_cache.enable_compilation_cache(c.compilation_cache_dir
+                                               if FLAGS.compilation_cache_dir is None
+                                               else FLAGS.compilation_cache_dir)
     results = evaluation.evaluate(trained, settings, options, ood=FLAGS.ood or list(c.data.ood),
                                   output_dir=FLAGS.output, data_dir=FLAGS.data_dir)
   except (ValueError, FileNotFoundError, RuntimeError, CheckpointError) as e:

@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hvae_jax import (batching, checkpoints, config as config_lib, data, host_memory, layers,
                       multihost, objectives, plots)
+from hvae_jax.compilation_cache import enable_compilation_cache
 from hvae_jax.models import build_model
 
 Array = jax.Array
@@ -221,13 +222,6 @@ def _scalars(metrics: dict) -> dict[str, float]:
     else:
       out.update({f"{k}_{i + 1}": float(x) for i, x in enumerate(v)})
   return out
-
-
-def enable_compilation_cache(path: str):
-  """JAX's persistent compilation cache: a second run with the same shapes skips compiling."""
-  if path:
-    jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def checkpoint_metadata(config: ml_collections.ConfigDict, image_shape, kind: str) -> dict:
