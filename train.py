@@ -73,12 +73,12 @@ def main(argv):
     config_lib.validate(config)  # again in train_and_evaluate; here before JAX starts up
   except ValueError as e:
     _exit_with(e)
-  # Until train_lib takes over, SIGTERM stops the start-up as Ctrl-C does, with one line.
+  # Until the training loop takes over, SIGTERM stops the start-up as Ctrl-C does, with one line.
   previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
   try:
     import jax  # pylint: disable=import-outside-toplevel
     multihost.initialize_from_flags()
-    from hvae_jax import train_lib  # pylint: disable=import-outside-toplevel
+    from hvae_jax import checkpoints, training  # pylint: disable=import-outside-toplevel
     print(f"JAX devices: {jax.devices()}")  # starts the backends: seconds on some machines
   except (RuntimeError, ValueError) as e:  # no coordinator found or reachable
     _exit_with(e)
@@ -90,14 +90,14 @@ def main(argv):
   if FLAGS.data_dir:
     config.data.data_dir = FLAGS.data_dir
   try:
-    train_lib.train_and_evaluate(config, FLAGS.workdir)
-  except (ValueError, OSError, train_lib.TrainingError,
-          train_lib.checkpoints.CheckpointError) as e:
+    training.train_and_evaluate(config, FLAGS.workdir)
+  except (ValueError, OSError, training.TrainingError,
+          checkpoints.CheckpointError) as e:
     _exit_with(e)
   except KeyboardInterrupt:
     if FLAGS.verbose:
       raise
-    raise SystemExit(130) from None  # train_lib has said what was saved
+    raise SystemExit(130) from None  # the training loop has said what was saved
 
 
 if __name__ == "__main__":

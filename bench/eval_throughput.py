@@ -18,7 +18,7 @@ import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from bench.train_step import load_config  # pylint: disable=wrong-import-position
-from hvae_jax import data, ood, train_lib  # pylint: disable=wrong-import-position
+from hvae_jax import data, ood, training  # pylint: disable=wrong-import-position
 from hvae_jax.models import build_model  # pylint: disable=wrong-import-position
 
 
@@ -54,8 +54,8 @@ def main():
   model = build_model(c, spec.image_shape)
   rng = np.random.default_rng(0)
   raw = rng.integers(0, 256, (max(a.batch, a.iw_batch), *spec.image_shape), dtype=np.uint8)
-  x_all = train_lib.eval_images(raw, spec.kind, 0)
-  params = train_lib.init_state(model, c, x_all[:128]).params
+  x_all = training.eval_images(raw, spec.kind, 0)
+  params = training.init_state(model, c, x_all[:128]).params
   key = jax.random.key(0)
   print(f"config={a.config} set={a.set} devices={jax.devices()}")
   x = x_all[:a.batch]

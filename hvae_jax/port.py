@@ -35,7 +35,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from hvae_jax import checkpoints, config as config_lib, data, train_lib
+from hvae_jax import checkpoints, config as config_lib, data, training
 from hvae_jax.models import build_model
 from hvae_jax.port_mapping import PortError, port_params
 
@@ -190,8 +190,8 @@ def convert(reference_checkpoint: str, config: ml_collections.ConfigDict, out: s
   state, kwargs, class_name = load_reference(reference_checkpoint)
   config, _, params = port_reference(state, kwargs, class_name, config)
   spec = data.get_spec(config.data.name)
-  train_state = train_lib.fresh_state(params, config)
-  metadata = train_lib.checkpoint_metadata(config, spec.image_shape, spec.kind)
+  train_state = training.fresh_state(params, config)
+  metadata = training.checkpoint_metadata(config, spec.image_shape, spec.kind)
   metadata["ported_from"] = os.path.abspath(reference_checkpoint)
   with checkpoints.Checkpointer(os.path.join(out, checkpoints.CHECKPOINT_SUBDIR)) as ckpt:
     if ckpt.latest_step() is not None:
