@@ -13,8 +13,8 @@ calibrated threshold and per-example score caches into --output.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hvae_jax import multihost
-from hvae_jax.config import DEFAULT_WORKDIR, parse_flags_or_exit
+from hvae_jax import cli, multihost
+from hvae_jax.config import DEFAULT_WORKDIR
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "Training workdir (uses its latest checkpoint); "
@@ -66,16 +66,11 @@ multihost.define_flags()
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  problem = multihost.flags_problem()
-  if problem:
-    raise SystemExit(f"error: {problem}")
-  try:
-    multihost.initialize_from_flags()  # every process scores its share; process 0 writes
-  except (RuntimeError, ValueError) as e:  # no coordinator found or reachable
-    raise SystemExit(f"error: {e}") from None
+  cli.join_multihost()  # every process scores its share; process 0 writes
   from hvae_jax import api, compilation_cache, competing, evaluation, report  # pylint: disable=import-outside-toplevel
   from hvae_jax.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
-  try:
+  with cli.errors_to_exit((ValueError, FileNotFoundError, RuntimeError, CheckpointError),
+                          FLAGS.verbose):
     trained = api.load_model(FLAGS.checkpoint or FLAGS.workdir, FLAGS.config)
     settings = evaluation.EvalSettings.resolve(
         trained, ks=FLAGS.k, iw_samples=FLAGS.iw_samples, iw_samples_elbo=FLAGS.iw_samples_elbo,
@@ -94,13 +89,9 @@ def main(argv):
                                                else FLAGS.compilation_cache_dir)
     results = evaluation.evaluate(trained, settings, options, ood=FLAGS.ood or list(c.data.ood),
                                   output_dir=FLAGS.output, data_dir=FLAGS.data_dir)
-  except (ValueError, FileNotFoundError, RuntimeError, CheckpointError) as e:
-    if FLAGS.verbose:
-      raise
-    raise SystemExit(f"error: {e}") from None
   print(report.markdown_report(results))
   print(f"Wrote results, plots and the threshold to {results['output_dir']}")
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags_or_exit)
+  app.run(main, flags_parser=cli.parse_flags_or_exit)
