@@ -16,8 +16,8 @@ calibrated threshold and per-example score caches into --output.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hvae_jax import config as config_lib, multihost
-from hvae_jax.config import DEFAULT_WORKDIR, parse_flags_or_exit
+from hvae_jax import cli, config as config_lib, multihost
+from hvae_jax.config import DEFAULT_WORKDIR
 from hvae_jax.options import OPTIONS
 
 FLAGS = flags.FLAGS
@@ -66,31 +66,22 @@ def _options() -> dict:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  problem = multihost.flags_problem()
-  if problem:
-    raise SystemExit(f"error: {problem}")
-  try:
-    multihost.initialize_from_flags()  # every process scores its share; process 0 writes
-  except (RuntimeError, ValueError) as e:  # no coordinator found or reachable
-    raise SystemExit(f"error: {e}") from None
+  cli.join_multihost()  # every process scores its share; process 0 writes
   # JAX and the models load only after the flags are known good and the processes joined.
-  from hvae_jax import api, evaluation, train_lib  # pylint: disable=import-outside-toplevel
+  from hvae_jax import api, compilation_cache, evaluation  # pylint: disable=import-outside-toplevel
   from hvae_jax.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
-  try:
+  with cli.errors_to_exit((ValueError, FileNotFoundError, RuntimeError, CheckpointError),
+                          FLAGS.verbose):
     trained = api.load_model(FLAGS.checkpoint or FLAGS.workdir, FLAGS.config)
-    train_lib.enable_compilation_cache(trained.config.compilation_cache_dir
-                                       if FLAGS.compilation_cache_dir is None
-                                       else FLAGS.compilation_cache_dir)
+    compilation_cache.enable_compilation_cache(trained.config.compilation_cache_dir
+                                               if FLAGS.compilation_cache_dir is None
+                                               else FLAGS.compilation_cache_dir)
     results = api.evaluate(trained, FLAGS.ood or list(trained.config.data.ood),
                            output_dir=FLAGS.output, data_dir=FLAGS.data_dir,
                            update_threshold=False, **_options())
-  except (ValueError, FileNotFoundError, RuntimeError, CheckpointError) as e:
-    if FLAGS.verbose:
-      raise
-    raise SystemExit(f"error: {e}") from None
   print(evaluation.markdown_report(results))
   print(f"Wrote results, plots and the threshold to {results['output_dir']}")
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags_or_exit)
+  app.run(main, flags_parser=cli.parse_flags_or_exit)

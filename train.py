@@ -11,8 +11,8 @@ from typing import Optional
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hvae_jax import config as config_lib, multihost
-from hvae_jax.config import DEFAULT_WORKDIR, parse_flags_or_exit
+from hvae_jax import cli, config as config_lib, multihost
+from hvae_jax.config import DEFAULT_WORKDIR
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/fmnist_hvae.py", "Experiment config file.",
@@ -55,33 +55,24 @@ def _flag_problem(config) -> Optional[str]:
   return multihost.flags_problem() or _data_dir_problem(config)
 
 
-def _exit_with(err: BaseException):
-  """One `error:` line and a non-zero exit; the traceback too with --verbose."""
-  if FLAGS.verbose:
-    raise err
-  raise SystemExit(f"error: {err}") from None
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   config = FLAGS.config
-  try:
+  with cli.errors_to_exit((ValueError,), FLAGS.verbose):
     problem = _flag_problem(config)
     if problem:
       raise ValueError(problem)
     config_lib.validate(config)  # again in train_and_evaluate; here before JAX starts up
-  except ValueError as e:
-    _exit_with(e)
-  # Until train_lib takes over, SIGTERM stops the start-up as Ctrl-C does, with one line.
+  # Until the training loop takes over, SIGTERM stops the start-up as Ctrl-C does, with one line.
   previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
   try:
-    import jax  # pylint: disable=import-outside-toplevel
-    multihost.initialize_from_flags()
-    from hvae_jax import train_lib  # pylint: disable=import-outside-toplevel
-    print(f"JAX devices: {jax.devices()}")  # starts the backends: seconds on some machines
-  except (RuntimeError, ValueError) as e:  # no coordinator found or reachable
-    _exit_with(e)
+    # RuntimeError, ValueError: no coordinator found or reachable.
+    with cli.errors_to_exit((RuntimeError, ValueError), FLAGS.verbose):
+      import jax  # pylint: disable=import-outside-toplevel
+      multihost.initialize_from_flags()
+      from hvae_jax import checkpoints, training  # pylint: disable=import-outside-toplevel
+      print(f"JAX devices: {jax.devices()}")  # starts the backends: seconds on some machines
   except KeyboardInterrupt:
     print("Interrupted during start-up, before training began; rerun the same command.")
     raise SystemExit(130) from None
@@ -90,15 +81,14 @@ def main(argv):
   if FLAGS.data_dir:
     config.data.data_dir = FLAGS.data_dir
   try:
-    train_lib.train_and_evaluate(config, FLAGS.workdir)
-  except (ValueError, OSError, train_lib.TrainingError,
-          train_lib.checkpoints.CheckpointError) as e:
-    _exit_with(e)
+    with cli.errors_to_exit((ValueError, OSError, training.TrainingError,
+                             checkpoints.CheckpointError), FLAGS.verbose):
+      training.train_and_evaluate(config, FLAGS.workdir)
   except KeyboardInterrupt:
     if FLAGS.verbose:
       raise
-    raise SystemExit(130) from None  # train_lib has said what was saved
+    raise SystemExit(130) from None  # the training loop has said what was saved
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags_or_exit)
+  app.run(main, flags_parser=cli.parse_flags_or_exit)

@@ -178,7 +178,7 @@ def ours_main(a):
 
   sys.path.insert(0, REPO)
   from bench.train_step import load_config  # pylint: disable=import-outside-toplevel
-  from hvae_jax import data, host_memory, ood, preprocess, sharding, train_lib  # pylint: disable=import-outside-toplevel
+  from hvae_jax import data, host_memory, ood, preprocess, sharding, training  # pylint: disable=import-outside-toplevel
   from hvae_jax.layers import count_params  # pylint: disable=import-outside-toplevel
   from hvae_jax.models import build_model  # pylint: disable=import-outside-toplevel
 
@@ -208,18 +208,18 @@ def ours_main(a):
   if a._stage == "train":
     b = a.train_batch
     batches = [rng.integers(0, 256, (b, *spec.image_shape), dtype=np.uint8) for _ in range(4)]
-    state = train_lib.init_state(model, c, preprocess.eval_input(batches[0], spec.kind, 0))
+    state = training.init_state(model, c, preprocess.eval_input(batches[0], spec.kind, 0))
     res["n_params"] = count_params(state.params)
     mesh = sharding.make_data_mesh()
     state = jax.device_put(state, NamedSharding(mesh, P()))
     steps_per_epoch = -(-60000 // b)  # FashionMNIST train set
-    step = train_lib.make_data_parallel(
-        train_lib.make_train_step(model, c, steps_per_epoch, spec.kind), mesh)
+    step = training.make_data_parallel(
+        training.make_train_step(model, c, steps_per_epoch, spec.kind), mesh)
     xbs = [sharding.global_batch(x, mesh) for x in batches]
     key = jax.random.key(1)
     res["rss_after_mb"] = {"init": max_rss_mb()}
     compiled = compile_fn("train_step", step, state, xbs[0], key)
-    host_memory.release_freed()  # as train_lib.compile_train_step does for train.py
+    host_memory.release_freed()  # as training.compile_train_step does for train.py
     res["rss_after_mb"]["compile"] = max_rss_mb()
     box = {"state": state, "i": 0}
 
@@ -239,7 +239,7 @@ def ours_main(a):
   n_x = max(a.eval_batch, a.llr_batch, a.iw_batch)
   x_all = preprocess.eval_input(rng.integers(0, 256, (n_x, *spec.image_shape), dtype=np.uint8),
                                 spec.kind, 0)
-  params = train_lib.init_state(model, c, x_all[:128]).params
+  params = training.init_state(model, c, x_all[:128]).params
   res["n_params"] = count_params(params)
   key = jax.random.key(2)
   res["rss_after_mb"] = {"init": max_rss_mb()}
@@ -256,7 +256,7 @@ def ours_main(a):
 
   if a._stage == "eval":
     x = x_all[:a.eval_batch]
-    measure("eval_elbo", train_lib.make_eval_fn(model), x, a.eval_warmup, a.eval_iters)
+    measure("eval_elbo", training.make_eval_fn(model), x, a.eval_warmup, a.eval_iters)
     measure("all_k", ood.make_score_fn(model), x, a.eval_warmup, a.eval_iters)
     for s in a.llr_s:
       fn = ood.make_score_fn(model, iw_samples_elbo=s, iw_samples_lk=s, chunk_size=a.chunk)

@@ -18,7 +18,7 @@ import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from bench.train_step import load_config  # pylint: disable=wrong-import-position
-from hvae_jax import data, ood, preprocess, train_lib  # pylint: disable=wrong-import-position
+from hvae_jax import data, ood, preprocess, training  # pylint: disable=wrong-import-position
 from hvae_jax.models import build_model  # pylint: disable=wrong-import-position
 
 
@@ -55,7 +55,7 @@ def main():
   rng = np.random.default_rng(0)
   raw = rng.integers(0, 256, (max(a.batch, a.iw_batch), *spec.image_shape), dtype=np.uint8)
   x_all = preprocess.eval_input(raw, spec.kind, 0)
-  params = train_lib.init_state(model, c, x_all[:128]).params
+  params = training.init_state(model, c, x_all[:128]).params
   key = jax.random.key(0)
   print(f"config={a.config} set={a.set} devices={jax.devices()}")
   x = x_all[:a.batch]

@@ -33,7 +33,7 @@ MIB = 2**20
 # The paper model's workdir is ~31 MB; parts stay under the 16 MiB a returned file may have.
 PART_BYTES = 15 * MIB
 WORKDIR_FILES = ("config.json", "metrics.jsonl")
-CHECKPOINT_SUBDIR = "checkpoints"  # train_lib's layout: WORKDIR/checkpoints/<step>/
+CHECKPOINT_SUBDIR = "checkpoints"  # the training loop's layout: WORKDIR/checkpoints/<step>/
 
 
 class CarryError(RuntimeError):

@@ -25,7 +25,7 @@ that fails or runs out of time is recorded and the next one still runs:
   train   train.py on the carried workdir (--config, the official split) in two legs. Leg 1
           runs to the first test evaluation at least --bf16_steps steps on and measures the
           loop's step rate; leg 2 continues for the time left, its max_steps computed from
-          that rate. At the deadline a leg gets SIGINT, on which train_lib saves the step it
+          that rate. At the deadline a leg gets SIGINT, on which the training loop saves the step it
           is at; checkpoints every --checkpoint_every_steps bound what a kill can lose.
   bf16    leg 1's steps again from the same checkpoint with bfloat16 compute: its test
           bits/dim against leg 1's (same data, same keys), and its loop rate
@@ -270,7 +270,7 @@ class Run:
 
   def child(self, name: str, cmd: list[str], limit: float, interrupt: bool = False) -> Optional[int]:
     """Runs `cmd` for at most `limit` s, in its own process group: --grace_s before the
-    limit SIGINT (`interrupt`: train_lib then saves its step) or SIGTERM, at it SIGKILL."""
+    limit SIGINT (`interrupt`: the training loop then saves its step) or SIGTERM, at it SIGKILL."""
     rec = {"cmd": cmd, "limit_s": round(limit, 1), "started_at_s": round(time.time() - self.t0, 1)}
     self.fig["phases"][name] = rec
     if limit < self.a.min_phase_s:

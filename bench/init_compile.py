@@ -1,13 +1,13 @@
-"""Time the data-dependent init (`train_lib.init_state`'s parameters) four ways.
+"""Time the data-dependent init (`training.init_state`'s parameters) four ways.
 
   python bench/init_compile.py --config=configs/cifar_biva.py [--batch=256] [--ways jit two o0 eager]
 
 `jit`: `model.init` as one XLA program (compile + run); `two`: `layers.init_params`, what
-train_lib runs: the kernels drawn in a tiny program of their own, then the data-dependent
+the training code runs: the kernels drawn in a tiny program of their own, then the data-dependent
 pass compiled with them as inputs; `o0`: the one program compiled with XLA's backend
 optimisation level 0 (the init runs once, so only compile time counts); `eager`: op by op,
 no program. Each way runs in its own process (no shared caches) on random inputs of the
-config's image shape, `--batch` of them (train_lib uses 256), and reports seconds and how far
+config's image shape, `--batch` of them (training uses 256), and reports seconds and how far
 its parameters are from the first way's (`two` draws other kernels than `model.init`, from the
 same distribution, so it differs from the others).
 """

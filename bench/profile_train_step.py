@@ -160,10 +160,10 @@ def thunk_times(trace_dir: str) -> dict:
 def ours_main(a):
   import jax  # pylint: disable=import-outside-toplevel
   from bench.train_step import load_config, run_steps, setup  # pylint: disable=import-outside-toplevel
-  from hvae_jax import train_lib  # pylint: disable=import-outside-toplevel
+  from hvae_jax import training  # pylint: disable=import-outside-toplevel
 
   step, state, xb, key = setup(load_config(os.path.join(REPO, a.config), a.set), a.batch)
-  compiled = train_lib.compile_train_step(step, state, xb, key)
+  compiled = training.compile_train_step(step, state, xb, key)
   index = hlo_index(compiled.as_text())
   state, _ = run_steps(compiled, state, xb, key, 2)
   state, seconds = run_steps(compiled, state, xb, key, a.iters)

@@ -18,7 +18,7 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from bench.train_step import load_config  # pylint: disable=wrong-import-position
-from hvae_jax import baselines, data, preprocess, train_lib  # pylint: disable=wrong-import-position
+from hvae_jax import baselines, data, preprocess, training  # pylint: disable=wrong-import-position
 from hvae_jax.models import build_model  # pylint: disable=wrong-import-position
 
 
@@ -55,7 +55,7 @@ def main():
   raw = np.random.default_rng(0).integers(0, 256, (max(a.batch), *spec.image_shape),
                                           dtype=np.uint8)
   x_all = preprocess.eval_input(raw, spec.kind, 0)
-  params = train_lib.init_state(model, c, x_all[:8]).params
+  params = training.init_state(model, c, x_all[:8]).params
   regret = baselines.LikelihoodRegret(model, lr=2e-4, iw_samples=a.iw, weight_decay=5e-5)
   fori = None if a.no_fori else fori_loop_regret(regret)
   print(f"config={a.config} set={a.set} steps={a.steps} iw={a.iw} devices={jax.devices()}")

@@ -18,7 +18,7 @@ import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=wrong-import-position
 
-from hvae_jax import data, preprocess, sharding, train_lib  # pylint: disable=wrong-import-position
+from hvae_jax import data, preprocess, sharding, training  # pylint: disable=wrong-import-position
 from hvae_jax.layers import count_params  # pylint: disable=wrong-import-position
 from hvae_jax.models import build_model  # pylint: disable=wrong-import-position
 
@@ -45,11 +45,11 @@ def setup(c, batch_size: int):
   model = build_model(c, spec.image_shape)
   batch = np.random.default_rng(0).integers(0, 256, (batch_size, *spec.image_shape),
                                             dtype=np.uint8)
-  state = train_lib.init_state(model, c, preprocess.eval_input(batch, spec.kind, 0))
+  state = training.init_state(model, c, preprocess.eval_input(batch, spec.kind, 0))
   mesh = sharding.make_data_mesh()
   state = jax.device_put(state, NamedSharding(mesh, P()))
-  step = train_lib.make_data_parallel(
-      train_lib.make_train_step(model, c, -(-60000 // batch_size), spec.kind), mesh)
+  step = training.make_data_parallel(
+      training.make_train_step(model, c, -(-60000 // batch_size), spec.kind), mesh)
   return step, state, sharding.global_batch(batch, mesh), jax.random.key(0)
 
 
@@ -71,7 +71,7 @@ def main():
   a = ap.parse_args()
   step, state, xb, key = setup(load_config(a.config, a.set), a.batch)
   t0 = time.time()
-  compiled = train_lib.compile_train_step(step, state, xb, key)
+  compiled = training.compile_train_step(step, state, xb, key)
   compile_s = time.time() - t0
   temp_mb = compiled.memory_analysis().temp_size_in_bytes / 2**20
   state, _ = run_steps(compiled, state, xb, key, 1)

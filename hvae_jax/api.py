@@ -38,7 +38,7 @@ def train(config: Union[str, os.PathLike, ml_collections.ConfigDict],
           data_dir: Optional[str] = None) -> TrainedModel:
   """Trains (or resumes) `config` in `workdir` and returns the trained model.
 
-  A thin wrapper of `hvae_jax.train_lib.train_and_evaluate`: data-parallel over every local
+  A thin wrapper of `hvae_jax.training.train_and_evaluate`: data-parallel over every local
   device (after `jax.distributed.initialize()` over every host), resumable from the latest
   checkpoint in `workdir`, with metrics, TensorBoard logs and sample grids written there.
 
@@ -53,13 +53,13 @@ def train(config: Union[str, os.PathLike, ml_collections.ConfigDict],
   Returns:
     `load_model(workdir)`: the final checkpoint, ready to `score`.
   """
-  # Training pulls in the optimizer and the training loop, which scoring never needs.
-  from hvae_jax import train_lib  # pylint: disable=import-outside-toplevel
+  # Loaded on the first call: scoring needs neither the training loop nor optax.
+  from hvae_jax import training  # pylint: disable=import-outside-toplevel
   c = config_lib.load_config(config, overrides)
   if data_dir is not None:
     c.data.data_dir = os.fspath(data_dir)
   workdir = os.fspath(workdir)
-  train_lib.train_and_evaluate(c, workdir)
+  training.train_and_evaluate(c, workdir)
   return load_model(workdir)
 
 

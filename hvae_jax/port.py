@@ -35,7 +35,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from hvae_jax import checkpoints, config as config_lib, data, train_lib
+from hvae_jax import checkpoints, cli, config as config_lib, data, training
 from hvae_jax.models import build_model
 from hvae_jax.port_mapping import PortError, port_params
 
@@ -190,8 +190,8 @@ def convert(reference_checkpoint: str, config: ml_collections.ConfigDict, out: s
   state, kwargs, class_name = load_reference(reference_checkpoint)
   config, _, params = port_reference(state, kwargs, class_name, config)
   spec = data.get_spec(config.data.name)
-  train_state = train_lib.fresh_state(params, config)
-  metadata = train_lib.checkpoint_metadata(config, spec.image_shape, spec.kind)
+  train_state = training.fresh_state(params, config)
+  metadata = training.checkpoint_metadata(config, spec.image_shape, spec.kind)
   metadata["ported_from"] = os.path.abspath(reference_checkpoint)
   with checkpoints.Checkpointer(os.path.join(out, checkpoints.CHECKPOINT_SUBDIR)) as ckpt:
     if ckpt.latest_step() is not None:
@@ -217,14 +217,12 @@ def main():
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     f = flags.FLAGS
-    try:
+    with cli.errors_to_exit((PortError, ValueError, checkpoints.CheckpointError)):
       out = convert(f.reference_checkpoint, f.config, f.out)
-    except (PortError, ValueError, checkpoints.CheckpointError) as e:
-      raise SystemExit(f"error: {e}") from None
     print(f"Ported {f.reference_checkpoint} into {out}; score it with "
           f"python evaluate.py --checkpoint={out}")
 
-  app.run(run, flags_parser=config_lib.parse_flags_or_exit)
+  app.run(run, flags_parser=cli.parse_flags_or_exit)
 
 
 if __name__ == "__main__":

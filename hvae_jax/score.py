@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from tqdm import tqdm
 
-from hvae_jax import image_files
+from hvae_jax import cli, image_files
 
 if TYPE_CHECKING:  # pragma: no cover
   from hvae_jax.trained import TrainedModel
@@ -252,12 +252,8 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: Optional[Sequence[str]] = None) -> dict:
   """The command line (`argv` without the program name; default sys.argv[1:])."""
   args = parser().parse_args(argv)
-  try:
+  with cli.errors_to_exit((ValueError, OSError), args.verbose):
     return run(args)
-  except (ValueError, OSError) as e:
-    if args.verbose:
-      raise
-    raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

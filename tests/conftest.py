@@ -32,11 +32,11 @@ import pytest  # pylint: disable=wrong-import-position
 @pytest.fixture(scope="session")
 def tiny_workdir(tmp_path_factory):
   """A tiny FashionMNIST model trained for 40 steps, shared by the end-to-end tests."""
-  from hvae_jax import train_lib  # pylint: disable=import-outside-toplevel
+  from hvae_jax import training  # pylint: disable=import-outside-toplevel
   from tests.helpers import tiny_config  # pylint: disable=import-outside-toplevel
   workdir = tmp_path_factory.mktemp("tiny_workdir")
   config = tiny_config()
   config.train.max_steps = 40
   config.train.sample_grid = 0
-  train_lib.train_and_evaluate(config, str(workdir))
+  training.train_and_evaluate(config, str(workdir))
   return str(workdir)

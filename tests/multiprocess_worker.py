@@ -23,11 +23,11 @@ def main(process_id: int, num_processes: int, port: int, workdir: str, max_steps
   from hvae_jax import multihost  # pylint: disable=import-outside-toplevel
   # A short heartbeat: a killed peer aborts the other process in seconds, not JAX's 100.
   multihost.initialize(f"127.0.0.1:{port}", num_processes, process_id, heartbeat_timeout_s=20)
-  from hvae_jax import api, train_lib  # pylint: disable=import-outside-toplevel
+  from hvae_jax import api, training  # pylint: disable=import-outside-toplevel
   from tests import helpers  # pylint: disable=import-outside-toplevel
   try:
-    train_lib.train_and_evaluate(helpers.multiprocess_config(max_steps), workdir)
-  except KeyboardInterrupt:  # SIGTERM: saved (train_lib said which step); train.py's code
+    training.train_and_evaluate(helpers.multiprocess_config(max_steps), workdir)
+  except KeyboardInterrupt:  # SIGTERM: saved (training said which step); train.py's code
     sys.exit(130)
   scores = api.load_model(workdir).score(helpers.fmnist_slice(helpers.MULTIPROCESS_IMAGES))
   if jax.process_index() == 0:

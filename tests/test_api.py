@@ -211,7 +211,7 @@ def test_import_sets_cpu_xla_defaults_unless_the_user_chose():
 
 def test_release_freed_returns_free_heap_pages_to_the_os():
   """Freed heap below a live allocation stays resident under glibc until malloc_trim: the
-  compiler's and the init pass's leftovers that train_lib.compile_train_step hands back."""
+  compiler's and the init pass's leftovers that training.compile_train_step hands back."""
   from hvae_jax import host_memory  # pylint: disable=import-outside-toplevel
   code = """
 import ctypes, ctypes.util

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hvae_jax import api, baselines, evaluation, objectives, preprocess, train_lib
+from hvae_jax import api, baselines, evaluation, objectives, preprocess, training
 from tests.helpers import DATA_DIR, REPO, fmnist_slice, mnist_slice, tiny_config, \
     tiny_model_and_params
 
@@ -262,7 +262,7 @@ def _train(workdir, seed, perturb_rate=0.0):
   c.train.max_steps = 10
   c.train.sample_grid = 0
   c.data.perturb_rate = perturb_rate
-  train_lib.train_and_evaluate(c, workdir)
+  training.train_and_evaluate(c, workdir)
   return workdir
 
 

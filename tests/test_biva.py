@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hvae_jax import layers, objectives, ood, preprocess, sharding, train_lib
+from hvae_jax import layers, objectives, ood, preprocess, sharding, training
 from hvae_jax.layers import count_params
 from hvae_jax.models import build_model
 from tests.helpers import REPO, fmnist_slice, tiny_config
@@ -169,8 +169,8 @@ def _train_step(n_devices):
   model, params = _tiny()
   config = tiny_biva_config()
   mesh = sharding.make_data_mesh(jax.devices()[:n_devices])
-  step = train_lib.make_train_step(model, config, steps_per_epoch=100, kind="binary")
-  fn = train_lib.make_data_parallel(step, mesh)
+  step = training.make_train_step(model, config, steps_per_epoch=100, kind="binary")
+  fn = training.make_data_parallel(step, mesh)
   state = _init_state(mesh)
   return mesh, _compile(fn, state, sharding.global_batch(fmnist_slice(BATCH), mesh),
                         jax.random.key(0))
@@ -178,9 +178,9 @@ def _train_step(n_devices):
 
 def _init_state(mesh):
   params = _tiny()[1]
-  state = train_lib.TrainState(
+  state = training.TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
-      opt_state=train_lib.make_optimizer(tiny_biva_config()).init(params))
+      opt_state=training.make_optimizer(tiny_biva_config()).init(params))
   # A copy: the step donates its input state, and the cached params must survive.
   return jax.device_put(jax.tree_util.tree_map(jnp.copy, state), NamedSharding(mesh, P()))
 

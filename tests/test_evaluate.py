@@ -95,7 +95,7 @@ def test_scores_cannot_go_stale(tiny_workdir, tmp_path, capsys):
   import shutil  # pylint: disable=import-outside-toplevel
 
   import hvae_jax  # pylint: disable=import-outside-toplevel
-  from hvae_jax import train_lib  # pylint: disable=import-outside-toplevel
+  from hvae_jax import training  # pylint: disable=import-outside-toplevel
   run = tmp_path / "run"
   shutil.copytree(tiny_workdir, run)
   kw = dict(ood={"digits": mnist_slice(40, seed=5)}, in_test=fmnist_slice(40, seed=5),
@@ -113,7 +113,7 @@ def test_scores_cannot_go_stale(tiny_workdir, tmp_path, capsys):
   c = tiny_config()
   c.train.max_steps = 50  # 10 more steps than the fixture's
   c.train.sample_grid = 0
-  train_lib.train_and_evaluate(c, str(run))
+  training.train_and_evaluate(c, str(run))
   capsys.readouterr()
   hvae_jax.evaluate(str(run), **kw)
   assert "from the cache" not in capsys.readouterr().out

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from hvae_jax import api, checkpoints, train_lib
+from hvae_jax import api, checkpoints, training
 from tests.helpers import DATA_DIR, MULTIPROCESS_IMAGES, REPO, fmnist_slice, multiprocess_config
 
 WORKER = os.path.join(REPO, "tests", "multiprocess_worker.py")
@@ -124,7 +124,7 @@ def reference(tmp_path_factory):
   # The reference must really split the batch over two devices (conftest / scripts/test.sh).
   assert jax.device_count() == 2, "need XLA_FLAGS=--xla_force_host_platform_device_count=2"
   workdir = tmp_path_factory.mktemp("one_process")
-  train_lib.train_and_evaluate(multiprocess_config(END_AT), str(workdir))
+  training.train_and_evaluate(multiprocess_config(END_AT), str(workdir))
   return workdir, api.load_model(str(workdir)).score(fmnist_slice(MULTIPROCESS_IMAGES))
 
 

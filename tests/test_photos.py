@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from hvae_jax import config as config_lib, data, photos, train_lib
+from hvae_jax import config as config_lib, data, photos, training
 
 N_TRAIN, N_TEST = 7037, 2062  # the counts README.md gives
 
@@ -84,7 +84,7 @@ _SMALL_HVAE = {"model.blocks": (((16, 5, 1), (16, 5, 2)), ((16, 3, 1), (16, 3, 2
                                                ("cifar_biva:smoke", {})])
 def test_small_cifar_models_train_on_photos(tmp_path, config, overrides):
   c = config_lib.load_config(config, {**_TRAIN, **overrides})
-  train_lib.train_and_evaluate(c, str(tmp_path))
+  training.train_and_evaluate(c, str(tmp_path))
   with open(os.path.join(tmp_path, "metrics.jsonl"), encoding="utf-8") as f:
     rows = [json.loads(line) for line in f]
   bpd = [r["bpd"] for r in rows if r["split"] == "train"]

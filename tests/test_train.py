@@ -14,8 +14,9 @@ import pytest
 from jax._src import array as jax_array
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hvae_jax import checkpoints, layers, preprocess, sharding, train_lib
+from hvae_jax import checkpoints, layers, preprocess, sharding, training
 from hvae_jax.models import build_model
+from hvae_jax.training import loop, state as training_state
 from tests.helpers import fmnist_slice, tiny_config
 
 
@@ -28,15 +29,15 @@ def test_two_device_step_equals_one_device_step():
   assert len(jax.devices()) >= 2, "run with XLA_FLAGS=--xla_force_host_platform_device_count=2"
   config = tiny_config()
   model = build_model(config, (28, 28, 1))
-  step = train_lib.make_train_step(model, config, steps_per_epoch=100, kind="binary")
+  step = training.make_train_step(model, config, steps_per_epoch=100, kind="binary")
   batch = fmnist_slice(32)
   key = jax.random.key(0)
   results = []
   for devices in (jax.devices()[:1], jax.devices()[:2]):
     mesh = sharding.make_data_mesh(devices)
     x_init = preprocess.eval_binarize(batch, 0)
-    state = jax.device_put(train_lib.init_state(model, config, x_init), NamedSharding(mesh, P()))
-    fn = train_lib.make_data_parallel(step, mesh)
+    state = jax.device_put(training.init_state(model, config, x_init), NamedSharding(mesh, P()))
+    fn = training.make_data_parallel(step, mesh)
     for _ in range(3):
       state, metrics = fn(state, sharding.global_batch(batch, mesh), key)
     results.append((state, metrics))
@@ -52,7 +53,7 @@ def _read_metrics(workdir, split):
 def test_training_lowers_loss_and_writes_outputs(tmp_path):
   config = tiny_config()
   config.train.max_steps = 60
-  train_lib.train_and_evaluate(config, str(tmp_path))
+  training.train_and_evaluate(config, str(tmp_path))
   train = _read_metrics(tmp_path, "train")
   assert train[-1]["elbo"] > train[0]["elbo"] + 20, (train[0]["elbo"], train[-1]["elbo"])
   test = _read_metrics(tmp_path, "test")
@@ -65,12 +66,12 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
   config = tiny_config()
   config.train.max_steps = 40
   config.train.checkpoint_every_steps = 20
-  full = train_lib.train_and_evaluate(config, str(tmp_path / "full"))
+  full = training.train_and_evaluate(config, str(tmp_path / "full"))
   # "Kill" after step 20: train to 20 in a fresh workdir, then rerun the 40-step command.
   config.train.max_steps = 20
-  train_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
+  training.train_and_evaluate(config, str(tmp_path / "resumed"))
   config.train.max_steps = 40
-  resumed = train_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
+  resumed = training.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert int(resumed.step) == 40
   _leaves_close(full.params, resumed.params, rtol=1e-5, atol=1e-6)
 
@@ -92,14 +93,14 @@ def test_resume_after_sigkill_keeps_one_metrics_row_per_step(tmp_path):
   their rows replace the old ones; TensorBoard is told to hide the old events from step 21."""
   config = tiny_config(train__sample_grid=0, train__max_steps=40,
                        train__checkpoint_every_steps=20, train__eval_every_epochs=0.01)
-  train_lib.train_and_evaluate(config, str(tmp_path))
+  training.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "metrics.jsonl", encoding="utf-8") as f:
     uninterrupted = [(r["step"], r["split"]) for r in map(json.loads, f)]
   assert max(s for s, _ in uninterrupted) == 40 and len(set(uninterrupted)) == len(uninterrupted)
   shutil.rmtree(tmp_path / "checkpoints" / "40")
   with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
     f.write('{"step": 4')  # the kill's cut-off line
-  train_lib.train_and_evaluate(config, str(tmp_path))
+  training.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "metrics.jsonl", encoding="utf-8") as f:
     rows = [json.loads(line) for line in f]
   assert [(r["step"], r["split"]) for r in rows] == uninterrupted
@@ -128,9 +129,9 @@ def test_nan_loss_stops_with_clear_message_and_keeps_good_checkpoint(tmp_path):
   # Checked only where the loop syncs anyway: here the saves every 2 steps, as logging is rare.
   config = _quick_config(max_steps=30, checkpoint_every_steps=2,
                          learning_rate=1e30)  # diverges within a few steps
-  with pytest.raises(train_lib.TrainingError,
+  with pytest.raises(training.TrainingError,
                      match=r"non-finite loss or gradient at step \d+") as info:
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
   first_bad = int(re.search(r"at step (\d+)", str(info.value)).group(1))
   # No checkpoint holds a step taken after the first non-finite one.
   assert all(step <= first_bad for step in _saved_steps(tmp_path)), (first_bad, str(info.value))
@@ -139,7 +140,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_good_checkpoint(tmp_path):
 def test_nan_policy_skip_keeps_training(tmp_path):
   config = tiny_config(train__nan_policy="skip", train__learning_rate=1e30)
   config.train.max_steps = 12
-  state = train_lib.train_and_evaluate(config, str(tmp_path))
+  state = training.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 12
   assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree_util.tree_leaves(state.params))
 
@@ -151,26 +152,26 @@ def test_perturb_rate_feeds_the_step_fresh_noise_instead_of_the_data(tmp_path):
   for rate in (0.0, 1.0):
     config = tiny_config(data__perturb_rate=rate)
     model = build_model(config, (28, 28, 1))
-    step = jax.jit(train_lib.make_train_step(model, config, steps_per_epoch=100, kind="binary"))
-    state = train_lib.init_state(model, config, preprocess.eval_binarize(fmnist_slice(8), 0))
+    step = jax.jit(training.make_train_step(model, config, steps_per_epoch=100, kind="binary"))
+    state = training.init_state(model, config, preprocess.eval_binarize(fmnist_slice(8), 0))
     losses[rate] = [float(step(state, np.full((8, 28, 28, 1), v, np.uint8),
                                jax.random.key(0))[1]["loss"]) for v in (0, 255)]
   assert losses[0.0][0] != pytest.approx(losses[0.0][1], rel=1e-3)
   assert losses[1.0][0] == pytest.approx(losses[1.0][1], rel=1e-6)
   with pytest.raises(ValueError, match="perturb_rate"):
-    train_lib.train_and_evaluate(tiny_config(data__perturb_rate=1.5), str(tmp_path))
+    training.train_and_evaluate(tiny_config(data__perturb_rate=1.5), str(tmp_path))
 
 
 def test_bad_config_value_is_reported_by_name(tmp_path):
   config = tiny_config(model__likelihood="gaussian")
   with pytest.raises(ValueError, match="model.likelihood"):
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
 
 
 def test_batch_not_divisible_by_devices(tmp_path):
   config = tiny_config(train__batch_size=33)
   with pytest.raises(ValueError, match="divisible"):
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
 
 
 def test_init_uses_separate_keys_for_params_and_sampling(monkeypatch):
@@ -183,7 +184,7 @@ def test_init_uses_separate_keys_for_params_and_sampling(monkeypatch):
   monkeypatch.setattr(layers, "init_params", spy)
   x = np.zeros((2, 28, 28, 1), np.float32)
   for _ in range(2):
-    train_lib.init_state(None, tiny_config(), x)
+    training.init_state(None, tiny_config(), x)
   (k_params, k_sample), again = seen
   assert not np.array_equal(k_params, k_sample)
   jax.tree_util.tree_map(np.testing.assert_array_equal, seen[0], again)  # same seed, same keys
@@ -191,16 +192,16 @@ def test_init_uses_separate_keys_for_params_and_sampling(monkeypatch):
 
 def test_resume_skips_the_init_and_falls_back_past_a_corrupt_step(tmp_path, monkeypatch, capsys):
   config = _quick_config(max_steps=6, checkpoint_every_steps=3)
-  full = train_lib.train_and_evaluate(config, str(tmp_path))
+  full = training.train_and_evaluate(config, str(tmp_path))
   ran_init = []
-  real_init = train_lib.init_state
+  real_init = training_state.init_state
 
   def spy(model, c, x_init):
     ran_init.append(x_init)
     return real_init(model, c, x_init)
 
-  monkeypatch.setattr(train_lib, "init_state", spy)
-  resumed = train_lib.train_and_evaluate(config, str(tmp_path))  # at max_steps: restore only
+  monkeypatch.setattr(training_state, "init_state", spy)
+  resumed = training.train_and_evaluate(config, str(tmp_path))  # at max_steps: restore only
   assert not ran_init  # only the shapes are built (`state_shapes`), never the init
   jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.params, full.params)
 
@@ -213,7 +214,7 @@ def test_resume_skips_the_init_and_falls_back_past_a_corrupt_step(tmp_path, monk
     f.seek(100)
     f.write(bytes([byte[0] ^ 0x01]))
   capsys.readouterr()
-  again = train_lib.train_and_evaluate(config, str(tmp_path))
+  again = training.train_and_evaluate(config, str(tmp_path))
   out = capsys.readouterr().out
   assert "checkpoint step 6" in out and "resumed from step 3" in out and "6.corrupt" in out
   assert sorted(p for p in os.listdir(ckpt_dir) if p[0].isdigit()) == ["3", "6", "6.corrupt"]
@@ -223,17 +224,17 @@ def test_resume_skips_the_init_and_falls_back_past_a_corrupt_step(tmp_path, monk
 
 def test_init_from_continues_from_saved_params_and_step_with_a_fresh_optimizer(tmp_path, capsys):
   """train.init_from: a run whose optimizer state is gone (a shipped model) goes on training."""
-  first = train_lib.train_and_evaluate(_quick_config(max_steps=4), str(tmp_path / "a"))
+  first = training.train_and_evaluate(_quick_config(max_steps=4), str(tmp_path / "a"))
   config = _quick_config(max_steps=4, init_from=str(tmp_path / "a"))
-  start = train_lib.train_and_evaluate(config, str(tmp_path / "b"))
+  start = training.train_and_evaluate(config, str(tmp_path / "b"))
   assert int(start.step) == 4
   jax.tree_util.tree_map(np.testing.assert_array_equal, start.params, first.params)
   assert all(not np.any(np.asarray(v)) for v in jax.tree_util.tree_leaves(start.opt_state))
   config.train.max_steps = 6
-  more = train_lib.train_and_evaluate(config, str(tmp_path / "b"))
+  more = training.train_and_evaluate(config, str(tmp_path / "b"))
   assert int(more.step) == 6 and _saved_steps(tmp_path / "b")[-1] == 6
   capsys.readouterr()
-  again = train_lib.train_and_evaluate(config, str(tmp_path / "b"))  # b's checkpoint wins now
+  again = training.train_and_evaluate(config, str(tmp_path / "b"))  # b's checkpoint wins now
   assert "Resumed from step 6" in capsys.readouterr().out
   jax.tree_util.tree_map(np.testing.assert_array_equal, again.params, more.params)
   assert not np.allclose(jax.tree_util.tree_leaves(more.params)[0],
@@ -241,12 +242,12 @@ def test_init_from_continues_from_saved_params_and_step_with_a_fresh_optimizer(t
   other = _quick_config(max_steps=4, init_from=str(tmp_path / "a"))
   other.model.latents = (("conv", 3), ("dense", 4), ("dense", 2))
   with pytest.raises(ValueError, match=r"(?s)train.init_from=.*params/"):
-    train_lib.train_and_evaluate(other, str(tmp_path / "c"))
+    training.train_and_evaluate(other, str(tmp_path / "c"))
 
 
 def _wrap_step(monkeypatch, after_call):
   """Makes the loop's train step call `after_call(index, result)` after each real step."""
-  real = train_lib.compile_train_step
+  real = loop.compile_train_step
   calls = []
 
   def make(*args):
@@ -259,7 +260,7 @@ def _wrap_step(monkeypatch, after_call):
       return out
     return step
 
-  monkeypatch.setattr(train_lib, "compile_train_step", make)
+  monkeypatch.setattr(loop, "compile_train_step", make)
   return calls
 
 
@@ -276,7 +277,7 @@ def test_no_host_sync_between_steps(tmp_path, monkeypatch):
   reads_at_step = []
   _wrap_step(monkeypatch, lambda i, out: reads_at_step.append(reads[0]))
   config = _quick_config(max_steps=6)
-  state = train_lib.train_and_evaluate(config, str(tmp_path))
+  state = training.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 6 and len(reads_at_step) == 6
   assert reads_at_step[-1] == reads_at_step[0], reads_at_step  # nothing read between steps
 
@@ -299,7 +300,7 @@ def test_ctrl_c_or_sigterm_right_after_a_step_saves_that_step(tmp_path, monkeypa
   outer_term = signal.getsignal(signal.SIGTERM)
   try:
     with pytest.raises(KeyboardInterrupt):
-      train_lib.train_and_evaluate(_quick_config(max_steps=20), str(tmp_path))
+      training.train_and_evaluate(_quick_config(max_steps=20), str(tmp_path))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     assert signal.getsignal(signal.SIGTERM) is outer_term
   finally:
@@ -314,4 +315,4 @@ def test_ctrl_c_or_sigterm_right_after_a_step_saves_that_step(tmp_path, monkeypa
 def test_bad_activation_and_skip_inference_are_reported_by_name(tmp_path):
   for key, value in (("model__latent_activation", "tanh"), ("model__skip_inference", "mode")):
     with pytest.raises(ValueError, match=key.replace("__", ".")):
-      train_lib.train_and_evaluate(tiny_config(**{key: value}), str(tmp_path))
+      training.train_and_evaluate(tiny_config(**{key: value}), str(tmp_path))
