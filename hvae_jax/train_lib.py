@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hvae_jax import (batching, checkpoints, config as config_lib, data, host_memory, layers,
                       multihost, objectives, plots)
-from hvae_jax.models import build_model
+from hvae_jax.models import abstract_params, build_model
 
 Array = jax.Array
 
@@ -61,9 +61,7 @@ def init_state(model, config: ml_collections.ConfigDict, x_init: Array) -> Train
 
 def state_shapes(model, config: ml_collections.ConfigDict, x_init: jax.ShapeDtypeStruct) -> TrainState:
   """`init_state`'s shapes and dtypes, traced without running the init."""
-  k_params, k_sample = _init_keys(config)
-  return jax.eval_shape(lambda x: fresh_state(model.init(k_params, x, k_sample)["params"], config),
-                        x_init)
+  return jax.eval_shape(lambda p: fresh_state(p, config), abstract_params(model, x_init.shape[1:]))
 
 
 def _init_keys(config: ml_collections.ConfigDict) -> tuple[Array, Array]:
