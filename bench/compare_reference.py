@@ -41,7 +41,7 @@ after, the timers synchronising the device: the train step's `float(loss)` does,
 evaluation calls `torch.cuda.synchronize()`), one process at a time as on CPU, so each side has
 the whole GPU. Eager PyTorch as the authors run it (dvae_run.py sets no cudnn.benchmark). Our
 side also records the FLOPs of every compiled call from XLA's cost analysis (`flops`), from
-which bench/gpu_run.py derives TFLOP/s and model-FLOP utilisation.
+which scripts/device/gpu_run.py derives TFLOP/s and model-FLOP utilisation.
 
 Thread count. `--threads N` pins both sides' processes to the same N cores (sched_setaffinity,
 as `taskset` would) when N is below the cores available; the reference additionally gets

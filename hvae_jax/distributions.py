@@ -4,10 +4,9 @@ Everything is computed in float32 and is elementwise (no reduction) unless a doc
 otherwise:
 
 * diagonal Gaussian latents (`softplus_std`, `gaussian_log_prob`, `gaussian_sample`);
-* Bernoulli pixels parameterised by logits (`bernoulli_log_prob`, `bernoulli_mode`,
-  `bernoulli_mean`);
+* Bernoulli pixels parameterised by logits (`bernoulli_log_prob`, `bernoulli_mean`);
 * the discretized mixture of logistics (DMoL) of PixelCNN++ (Salimans et al. 2017) over the 256
-  levels of uint8 colour images (`dmol_num_params`, `dmol_log_prob`, `dmol_sample`, `dmol_mode`).
+  levels of uint8 colour images (`dmol_num_params`, `dmol_log_prob`, `dmol_sample`).
 
 DMoL parameter layout
 ---------------------
@@ -127,11 +126,6 @@ def bernoulli_log_prob(x: Array, logits: Array) -> Array:
   """
   x, logits = _f32(x), _f32(logits)
   return x * jax.nn.log_sigmoid(logits) + (1.0 - x) * jax.nn.log_sigmoid(-logits)
-
-
-def bernoulli_mode(logits: Array) -> Array:
-  """Most probable value, 1 where logits > 0 else 0: float32 `[...]` in {0, 1}."""
-  return (_f32(logits) > 0).astype(jnp.float32)
 
 
 def bernoulli_mean(logits: Array) -> Array:
@@ -264,8 +258,7 @@ def _to_level(v: Array) -> Array:
 
 def _decode(one_hot: Array, means, log_scales, coeffs, noise) -> Array:
   """Channel by channel: location of the chosen component coupled to the earlier channels'
-  *discretized* values, plus scale * noise (noise None: the location itself); returns levels
-  as float32 `[..., C]`."""
+  *discretized* values, plus scale * noise; returns levels as float32 `[..., C]`."""
   channels = means.shape[-2]
   pick = lambda a: jnp.sum(a * one_hot[..., None, :], axis=-1)  # [..., K, M] -> [..., K]
   mu, scale, co = pick(means), jnp.exp(pick(log_scales)), pick(coeffs)
@@ -275,8 +268,7 @@ def _decode(one_hot: Array, means, log_scales, coeffs, noise) -> Array:
     for row, cc, j in _pairs(channels):
       if cc == c:
         v = v + co[..., row] * values[j]
-    if noise is not None:
-      v = v + scale[..., c] * noise[..., c]
+    v = v + scale[..., c] * noise[..., c]
     level = _to_level(v)
     levels.append(level)
     values.append(level / 127.5 - 1.0)
@@ -304,22 +296,3 @@ def dmol_sample(key: Array, params: Array, num_mix: int) -> Array:
   one_hot = jax.nn.one_hot(comp, num_mix, dtype=jnp.float32)
   noise = jax.random.logistic(k_logistic, means.shape[:-1], jnp.float32)
   return _decode(one_hot, means, log_scales, coeffs, noise).astype(jnp.uint8)
-
-
-def dmol_mode(params: Array, num_mix: int) -> Array:
-  """Deterministic reconstruction image: the most probable component's location.
-
-  Per pixel: the component with the largest logit; channel by channel its location (mean plus
-  the coupling to the earlier channels' chosen levels) rounded to the nearest level and clipped
-  to [0, 255]. Since each logistic is symmetric and unimodal this is that component's most
-  probable level (up to the larger edge bins 0 and 255); it is not the mixture's mean.
-
-  Args:
-    params: `[..., H, W, P]`; C is inferred from P and num_mix.
-    num_mix: number of mixture components M.
-  Returns:
-    uint8 `[..., H, W, C]`.
-  """
-  logits, means, log_scales, coeffs = _dmol_split(params, num_mix)
-  one_hot = jax.nn.one_hot(jnp.argmax(logits, axis=-1), num_mix, dtype=jnp.float32)
-  return _decode(one_hot, means, log_scales, coeffs, None).astype(jnp.uint8)

@@ -20,7 +20,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 __all__ = [
-    "ood_metrics", "equal_size_indices", "equal_size_subsample", "evaluate_scores",
+    "ood_metrics", "equal_size_indices", "evaluate_scores",
     "calibrate_threshold", "is_ood", "select_k_by_auroc", "auroc_se", "markdown_table",
 ]
 
@@ -83,7 +83,7 @@ def ood_metrics(scores_in: np.ndarray, scores_out: np.ndarray) -> dict:
       precision with in-distribution as the positive class (scores negated), aupr_out with
       OOD positive (equal to auprc).
 
-  Does no subsampling; see `evaluate_scores` / `equal_size_subsample` for the paper's
+  Does no subsampling; see `evaluate_scores` / `equal_size_indices` for the paper's
   equal-size protocol.
 
   Raises:
@@ -133,23 +133,6 @@ def equal_size_indices(n_in: int, n_out: int, seed: int) -> tuple[np.ndarray, np
     return np.sort(rng.choice(n, size=m, replace=False)).astype(np.int64)
 
   return pick(n_in), pick(n_out)
-
-
-def equal_size_subsample(scores_in: np.ndarray, scores_out: np.ndarray, seed: int
-                         ) -> tuple[np.ndarray, np.ndarray]:
-  """The paper's protocol: all of the smaller set, an equal-size random subset of the larger.
-
-  Args:
-    scores_in: [N_in] in-distribution scores.
-    scores_out: [N_out] OOD scores.
-    seed: seed of the random subset.
-
-  Returns:
-    (scores_in[idx_in], scores_out[idx_out]), each of shape [min(N_in, N_out)].
-  """
-  s_in, s_out = np.asarray(scores_in), np.asarray(scores_out)
-  idx_in, idx_out = equal_size_indices(len(s_in), len(s_out), seed)
-  return s_in[idx_in], s_out[idx_out]
 
 
 def evaluate_scores(scores_in: dict[str, np.ndarray], scores_out: dict[str, np.ndarray],

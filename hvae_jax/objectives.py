@@ -34,11 +34,6 @@ def bits_per_dim(nats: Array, image_shape) -> Array:
   return -nats / (math.prod(image_shape) * math.log(2.0))
 
 
-def log_mean_exp(x: Array, axis: int = 0) -> Array:
-  """log(mean(exp(x))) along `axis`, stably: the importance-weighted bound from S samples."""
-  return jax.nn.logsumexp(x, axis=axis) - jnp.log(x.shape[axis])
-
-
 def free_bits(kl: Array, budget) -> Array:
   """Free bits (Kingma et al. 2016) on one latent's elementwise KL `[batch, ..., c]`.
 

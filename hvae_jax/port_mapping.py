@@ -21,11 +21,11 @@ import re
 from typing import Any, Optional
 
 import flax.linen as nn
-import jax
 import numpy as np
 
 from hvae_jax import distributions as dist
 from hvae_jax.layers import WNConv, WNDense
+from hvae_jax.models import abstract_params
 from hvae_jax.models.common import AsFeatureMap
 
 # Reference entries that are not weights of the function (checked where it matters).
@@ -70,9 +70,8 @@ def model_layers(model: nn.Module, image_shape) -> dict[tuple[str, ...], dict[st
           out_perm=None)
     return next_fun(*args, **kwargs)
 
-  x = np.zeros((2, *image_shape), np.uint8 if model.likelihood == "dmol" else np.float32)
   with nn.intercept_methods(record):
-    params = jax.eval_shape(lambda: model.init(jax.random.key(0), x, jax.random.key(0)))["params"]
+    params = abstract_params(model, image_shape)
   for path, layer in found.items():
     node = params
     for part in path:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
-import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
 from hvae_jax import (batching, cache, checkpoints, checks, config as config_lib, data, image_keys,
                       ood, preprocess, thresholds)
-from hvae_jax.models import build_model
+from hvae_jax.models import abstract_params, build_model
 
 
 
@@ -176,10 +175,8 @@ def load_model(path: str, config: Optional[ml_collections.ConfigDict] = None) ->
   image_shape = tuple(meta.get("image_shape") or data.DATASETS[config.data.name].image_shape)
   kind = meta.get("kind") or data.DATASETS[config.data.name].kind
   model = build_model(config, image_shape)
-  abstract = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), np.zeros((1, *image_shape), np.uint8 if kind == "discrete"
-                                                    else np.float32), jax.random.key(0))["params"])
-  params = checkpoints.match_params(state["params"], abstract, path, meta)
+  params = checkpoints.match_params(state["params"], abstract_params(model, image_shape), path,
+                                    meta)
   trained = TrainedModel(model, params, config, image_shape, kind, path=path)
   trained.threshold, trained.threshold_note = thresholds.load(path, trained.digest)
   return trained

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The competing OOD scores of docs/RESULTS.md (issue 8) on a trained FashionMNIST model:
+# The competing OOD scores of docs/RESULTS.md on a trained FashionMNIST model:
 # trains the background model (Ren et al.) and the extra ensemble members (WAIC), then scores
 # everything in one evaluate.py run.
 #   bash scripts/reproduce_baselines.sh [workdir of the trained model] [config]

@@ -89,7 +89,8 @@ def test_saved_configs_from_before_the_activation_keys_keep_their_activations():
   assert (new.model.latent_activation, new.model.likelihood_activation) == ("relu", "relu")
   shipped = hvae_jax.load_model(os.path.join(REPO, "pretrained", "fmnist_hvae_small"))
   assert shipped.config.model.latent_activation == "elu"
-  # The same for BIVA's wiring and the colour scaling (issue 33): biva-pytorch's and [-1, 1].
+  # The same for BIVA's wiring and the colour scaling, defaults that changed after checkpoints
+  # were saved: an old config keeps biva-pytorch's and [-1, 1].
   assert (old.model.biva_variant, old.model.colour_input) == ("biva-pytorch", "signed")
   assert (new.model.biva_variant, new.model.colour_input) == ("hvae-oodd", "unit")
 

@@ -15,7 +15,6 @@ LEVELS = np.arange(256, dtype=np.uint8)
 # Jitted once per shape: the tests stay fast on a loaded CPU (eager mode compiles every op).
 log_prob = jax.jit(d.dmol_log_prob, static_argnums=2)
 sample = jax.jit(d.dmol_sample, static_argnums=2)
-mode_of = jax.jit(d.dmol_mode, static_argnums=1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -77,9 +76,8 @@ def test_bernoulli_log_prob_matches_formula_and_is_finite_for_large_logits():
       [np.log(0.5)] * 2, rtol=1e-6)
 
 
-def test_bernoulli_mode_and_mean():
+def test_bernoulli_mean():
   logits = jnp.asarray([-3.0, -1e-3, 0.0, 2.0])
-  np.testing.assert_array_equal(np.asarray(d.bernoulli_mode(logits)), [0.0, 0.0, 0.0, 1.0])
   np.testing.assert_allclose(np.asarray(d.bernoulli_mean(logits)),
                              special.expit(np.asarray(logits)), rtol=1e-6)
 
@@ -329,30 +327,6 @@ def test_dmol_sample_image_shape_and_range():
   assert x.shape == (2, 4, 4, 3) and x.dtype == jnp.uint8
   np.testing.assert_array_equal(np.asarray(x), np.asarray(sample(jax.random.key(1), p, 5)))
   assert not np.array_equal(np.asarray(x), np.asarray(sample(jax.random.key(2), p, 5)))
-
-
-def test_dmol_mode_is_the_dominant_component_location():
-  # Greyscale, one component: the nearest level to the mean, which is also the argmax bin
-  # (away from the edge bins, which collect a whole tail each).
-  for mean in (-0.9, -0.31, 0.01, 0.123, 0.77):  # (0.0 is a tie between 127 and 128)
-    p = np.asarray([0.0, mean, -5.0], np.float32)
-    mode = mode_of(p[None], 1)
-    lp = log_prob(LEVELS[:, None], p, 1)
-    assert mode.dtype == jnp.uint8 and mode.shape == (1, 1)
-    assert int(mode[0, 0]) == int(jnp.argmax(lp)) == int(round((mean + 1) * 127.5))
-  # RGB with coupling: the component with the largest logit, coupled to the chosen levels.
-  logits, means = [-1.0, 2.0], [0.9, -0.4, 0.2, 0.1, 0.0, 0.3]
-  coeffs_raw = np.array([0.0, 0.5, 0.0, -0.4, 0.0, 1.0])
-  p = np.asarray(logits + means + [-6.0] * 6 + list(coeffs_raw), np.float32)
-  mode = np.asarray(mode_of(p, 2)).astype(int)
-  c = np.tanh(coeffs_raw).reshape(3, 2)[:, 1]
-  r = round((-0.4 + 1) * 127.5)
-  g = round((0.1 + c[0] * (r / 127.5 - 1) + 1) * 127.5)
-  b = round((0.3 + c[1] * (r / 127.5 - 1) + c[2] * (g / 127.5 - 1) + 1) * 127.5)
-  np.testing.assert_array_equal(mode, [r, g, b])
-  # Clipped to the level range.
-  assert int(mode_of(np.asarray([0.0, 5.0, 0.0], np.float32), 1)[0]) == 255
-  assert int(mode_of(np.asarray([0.0, -5.0, 0.0], np.float32), 1)[0]) == 0
 
 
 def test_sum_per_example_is_pairwise_accurate():

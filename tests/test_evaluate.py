@@ -90,8 +90,9 @@ def test_config_mismatch_is_a_checkpoint_error(tiny_workdir):
 
 
 def test_scores_cannot_go_stale(tiny_workdir, tmp_path, capsys):
-  """Issue 20: evaluate, train further, evaluate again: new scores, no cache hit; the same
-  evaluation twice is a reported hit; use_cache=False and another binarization rescore."""
+  """Cached scores never outlive their checkpoint: evaluate, train further, evaluate again:
+  new scores, no cache hit; the same evaluation twice is a reported hit; use_cache=False and
+  another binarization rescore."""
   import shutil  # pylint: disable=import-outside-toplevel
 
   import hvae_jax  # pylint: disable=import-outside-toplevel

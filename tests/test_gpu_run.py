@@ -1,4 +1,4 @@
-"""bench/gpu_run.py, the prepared device call, end to end on CPU with tiny settings.
+"""scripts/device/gpu_run.py, the prepared device call, end to end on CPU with tiny settings.
 
 The driver's logic (carry in, phases under a deadline, figures, checkpoint parts, Table rows,
 unpack) runs here exactly as on the GPU; only the device and the sizes differ. The reference
@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from bench import gpu_carry, gpu_run
+from scripts.device import gpu_carry, gpu_run
 from hvae_jax import checkpoints
 from tests.helpers import REPO, fmnist_slice, mnist_slice
 
@@ -84,7 +84,7 @@ def prepared(tiny_workdir, tmp_path_factory):
   np.savez(data / "fashion_mnist.npz", train_images=fmnist_slice(2560, "train"),
            test_images=fmnist_slice(64))
   np.savez(data / "mnist.npz", test_images=mnist_slice(64))
-  cmd = [sys.executable, "bench/gpu_run.py", "prepare", "--carry", str(root / "carry"),
+  cmd = [sys.executable, "scripts/device/gpu_run.py", "prepare", "--carry", str(root / "carry"),
          "--workdir", tiny_workdir, "--data_dir", str(data), "--no_wheels",
          "--ref_dir", REF_DIR, "--ref_bench", REF_BENCH]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout
@@ -98,7 +98,7 @@ def run_driver(root, out_name, *flags):
   env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1",
              XLA_FLAGS=os.environ.get("XLA_FLAGS", "").replace(
                  "--xla_force_host_platform_device_count=2", ""))  # one device, as there
-  cmd = [sys.executable, "bench/gpu_run.py", "run", "--carry", str(root / "carry"),
+  cmd = [sys.executable, "scripts/device/gpu_run.py", "run", "--carry", str(root / "carry"),
          "--out", str(out), "--work", str(root / f"work_{out_name}"), "--device", "cpu",
          "--config", "configs/tiny.py", *flags]
   proc = subprocess.run(["bash", "-c", f"set -o pipefail; {shlex.join(cmd)} 2>&1 | tee "
@@ -113,7 +113,8 @@ def test_prepare_prints_the_run_call(prepared):
   call = json.loads(out[out.index("{"):])
   assert len(call["command"]) <= 2000 and call["timeout_s"] == 600
   assert call["carry"] == [os.path.relpath(root / "carry", REPO)]
-  assert "bench/gpu_run.py run" in call["command"] and "tee $OUT/gpu_run.log" in call["command"]
+  assert "scripts/device/gpu_run.py run" in call["command"]
+  assert "tee $OUT/gpu_run.log" in call["command"]
   assert "travels:" in out
 
 
@@ -165,7 +166,7 @@ def test_full_run_writes_figures_parts_and_tables(full_run, tmp_path):
   assert "paper Table 1" in report and "paper Table 2" in report and "## Targets" in report
   # The returned parts become a workdir here that resumes at the new step.
   dest = tmp_path / "back"
-  proc = subprocess.run([sys.executable, "bench/gpu_run.py", "unpack", "--files", str(out),
+  proc = subprocess.run([sys.executable, "scripts/device/gpu_run.py", "unpack", "--files", str(out),
                          "--dest", str(dest)], cwd=REPO, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr
   assert f"resumes at step {START_STEP + RUN_STEPS}" in proc.stdout

@@ -73,34 +73,25 @@ def test_empty_raises():
     metrics.equal_size_indices(0, 5, seed=0)
 
 
-def test_equal_size_subsample_sizes_and_seeding():
-  s_in, s_out = np.arange(100.0), np.arange(30.0) + 1000
-  a_in, a_out = metrics.equal_size_subsample(s_in, s_out, seed=1)
-  assert len(a_in) == len(a_out) == 30
-  np.testing.assert_array_equal(a_out, s_out)  # smaller set kept whole
-  assert len(np.unique(a_in)) == 30  # without replacement
-  assert np.isin(a_in, s_in).all()
-  b_in, _ = metrics.equal_size_subsample(s_in, s_out, seed=1)
-  np.testing.assert_array_equal(a_in, b_in)  # same seed, same subset
-  c_in, _ = metrics.equal_size_subsample(s_in, s_out, seed=2)
-  assert not np.array_equal(a_in, c_in)
-  # Larger OOD set: the OOD side is subsampled instead.
-  d_in, d_out = metrics.equal_size_subsample(s_out, s_in, seed=1)
-  assert len(d_in) == len(d_out) == 30
-  np.testing.assert_array_equal(d_in, s_out)
-  # Equal sizes: nothing is dropped.
-  e_in, e_out = metrics.equal_size_subsample(s_in[:30], s_out, seed=3)
-  np.testing.assert_array_equal(e_in, s_in[:30])
-  np.testing.assert_array_equal(e_out, s_out)
-
-
-def test_equal_size_indices_used_by_subsample():
-  idx_in, idx_out = metrics.equal_size_indices(50, 20, seed=7)
-  s_in, s_out = np.arange(50.0), np.arange(20.0)
-  a_in, a_out = metrics.equal_size_subsample(s_in, s_out, seed=7)
-  np.testing.assert_array_equal(a_in, s_in[idx_in])
-  np.testing.assert_array_equal(a_out, s_out[idx_out])
+def test_equal_size_indices_sizes_and_seeding():
+  idx_in, idx_out = metrics.equal_size_indices(100, 30, seed=1)
+  assert len(idx_in) == len(idx_out) == 30
+  np.testing.assert_array_equal(idx_out, np.arange(30))  # smaller set kept whole
+  assert len(np.unique(idx_in)) == 30  # without replacement
+  assert np.isin(idx_in, np.arange(100)).all()
   assert idx_in.dtype == np.int64 and np.all(np.diff(idx_in) > 0)
+  b_in, _ = metrics.equal_size_indices(100, 30, seed=1)
+  np.testing.assert_array_equal(idx_in, b_in)  # same seed, same subset
+  c_in, _ = metrics.equal_size_indices(100, 30, seed=2)
+  assert not np.array_equal(idx_in, c_in)
+  # Larger OOD set: the OOD side is subsampled instead.
+  d_in, d_out = metrics.equal_size_indices(30, 100, seed=1)
+  assert len(d_in) == len(d_out) == 30
+  np.testing.assert_array_equal(d_in, np.arange(30))
+  # Equal sizes: nothing is dropped.
+  e_in, e_out = metrics.equal_size_indices(30, 30, seed=3)
+  np.testing.assert_array_equal(e_in, np.arange(30))
+  np.testing.assert_array_equal(e_out, np.arange(30))
 
 
 def test_evaluate_scores_shares_indices_and_orients():

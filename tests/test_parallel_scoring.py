@@ -1,4 +1,4 @@
-"""Data-parallel scoring (issue 16): every batch split over the devices (2 simulated CPU
+"""Data-parallel scoring: every batch split over the devices (2 simulated CPU
 devices here, see conftest.py) gives the scores of a one-device run, for the paper's scores
 (every k, importance-weighted with chunked samples) and the competing scores."""
 import dataclasses

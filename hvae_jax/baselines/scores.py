@@ -71,13 +71,6 @@ def log_likelihood(model: nn.Module, params: Any, x: Array, key: Array, iw_sampl
   return ood.iw_bounds(model, params, x, key, (0,), iw_samples, chunk_size)[0]
 
 
-def iw_nll(model: nn.Module, params: Any, x: Array, key: Array, iw_samples: int,
-           chunk_size: int = 16) -> Array:
-  """`[batch]` importance-weighted negative log-likelihood -log p̂_S(x) (nats); the score
-  of the plain likelihood test (Bishop 1994), larger = more OOD."""
-  return -log_likelihood(model, params, x, key, iw_samples, chunk_size)
-
-
 # ----------------------------------------------------------------------------------------------
 # Typicality test (Nalisnick, Matsukawa, Teh & Lakshminarayanan 2019)
 

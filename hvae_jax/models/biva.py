@@ -52,10 +52,9 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from hvae_jax import distributions as dist
 from hvae_jax.layers import ResBlock
-from hvae_jax.models.common import (AsFeatureMap, Gaussian, HierarchicalModel, split_key,
-                                    standard_normal, use_prior_mask)
+from hvae_jax.models.common import (AsFeatureMap, Gaussian, HierarchicalModel, latent_step,
+                                    split_key)
 from hvae_jax.models.hvae import stage_feature_shapes
 
 Array = jax.Array
@@ -193,9 +192,6 @@ class BIVA(HierarchicalModel):
         posteriors.append(self.q_top_latent(h, keys[i]))
     return tuple(posteriors)
 
-  def _prior_z(self, key: Array, mean: Array, std: Array, sample: bool) -> Array:
-    return dist.gaussian_sample(key, mean, std) if sample else mean
-
   def _top_down(self, posteriors: Optional[Sequence[Any]], n_skip, key: Optional[Array],
                 batch: int) -> tuple[Array, tuple[Array, ...]]:
     """Top-down pass. Returns the last features d `[batch, H, W, c]` and the KL terms.
@@ -206,51 +202,30 @@ class BIVA(HierarchicalModel):
     key every latent takes its mean (q(z^TD_i | .) too).
     """
     n = len(self.blocks)
-    from_prior = (jnp.ones((n,), bool) if posteriors is None
-                  else use_prior_mask(tuple(range(1, n + 1)), n_skip))
-    sample_prior = key is not None and (posteriors is None or self.skip_mode == "sample")
+    from_prior, sample_prior = self.prior_choice(n, posteriors is None, n_skip, key)
     keys = split_key(key, 3 * n)
     kls: list[Any] = [None] * (2 * n - 1)  # (bu_1, td_1, ..., bu_{L-1}, td_{L-1}, top)
     d, skips = None, None
     for i in reversed(range(n)):
       k_q, k_td, k_bu = keys[3 * i], keys[3 * i + 1], keys[3 * i + 2]
       if i == n - 1:
-        kind, feats = self.latents[i]
-        spatial = self.feature_shapes[i][:2] if kind == "conv" else ()
-        p_mean, p_std = standard_normal((batch, *spatial, feats))
-        z_p = self._prior_z(k_td, p_mean, p_std, sample_prior)
-        if posteriors is None:
-          z, kls[-1] = z_p, jnp.zeros_like(z_p)
-        else:
-          q = posteriors[i]
-          z = jnp.where(from_prior[i], z_p, q.z)
-          kl = q.log_prob(q.z) - dist.gaussian_log_prob(q.z, p_mean, p_std)
-          kls[-1] = jnp.where(from_prior[i], 0.0, kl)
+        q = None if posteriors is None else posteriors[i]
+        z, kls[-1] = latent_step(q, *self.top_prior(batch), from_prior[i], k_td, sample_prior)
       else:
         # Top-down latent: prior p(z^TD_i | d), posterior q(z^TD_i | merge(h^TD_i, d)).
         p_td = self.p_td_latents[i](d, None)
-        z_td_p = self._prior_z(k_td, p_td.mean, p_td.std, sample_prior)
-        if posteriors is None:
-          z_td, kl_td = z_td_p, jnp.zeros_like(z_td_p)
-        else:
+        q_td = None
+        if posteriors is not None:
           merge_aux = d if self.variant == "biva-pytorch" else None  # departure 2
           q_td = self.q_td_latents[i](self.td_merge[i](posteriors[i].h_td, merge_aux), k_q)
-          z_td = jnp.where(from_prior[i], z_td_p, q_td.z)
-          kl_td = jnp.where(from_prior[i], 0.0,
-                            q_td.log_prob(q_td.z) - p_td.log_prob(q_td.z))
+        z_td, kl_td = latent_step(q_td, p_td.mean, p_td.std, from_prior[i], k_td, sample_prior)
         # Bottom-up latent: prior p(z^BU_i | d) (or conditioned on z^TD_i), posterior from infer.
         d_bu = d
         if self.conditional_bu:
           d_bu = self.bu_cond[i](self.bu_cond_proj[i](z_td), d)
         p_bu = self.p_bu_latents[i](d_bu, None)
-        z_bu_p = self._prior_z(k_bu, p_bu.mean, p_bu.std, sample_prior)
-        if posteriors is None:
-          z_bu, kl_bu = z_bu_p, jnp.zeros_like(z_bu_p)
-        else:
-          q_bu = posteriors[i].bu
-          z_bu = jnp.where(from_prior[i], z_bu_p, q_bu.z)
-          kl_bu = jnp.where(from_prior[i], 0.0,
-                            q_bu.log_prob(q_bu.z) - p_bu.log_prob(q_bu.z))
+        q_bu = None if posteriors is None else posteriors[i].bu
+        z_bu, kl_bu = latent_step(q_bu, p_bu.mean, p_bu.std, from_prior[i], k_bu, sample_prior)
         kls[2 * i], kls[2 * i + 1] = kl_bu, kl_td
         z = jnp.concatenate([z_td, z_bu], axis=-1)
       h = self.z_proj[i](z)

@@ -144,6 +144,23 @@ def split_key(key: Optional[Array], n: int) -> list[Optional[Array]]:
   return [None] * n if key is None else list(jax.random.split(key, n))
 
 
+def latent_step(q: Optional[Gaussian], p_mean: Array, p_std: Array, from_prior,
+                key: Optional[Array], sample_prior: bool) -> tuple[Array, Array]:
+  """One latent of the top-down pass: its z and KL term, each `[batch, *latent_shape]`.
+
+  The conditional prior p(z | .) has `p_mean`, `p_std`; its z is a sample (`sample_prior`,
+  drawn with `key`) or its mean. Without a posterior `q` (sampling from the model) z comes
+  from the prior and the KL is zero. Otherwise z is the posterior's sample and the KL the
+  single-sample estimate log q(z) - log p(z), except where `from_prior` (a traced bool: the
+  latent's layer is among the `n_skip` lowest) puts the prior's z in and zeros the KL.
+  """
+  z_p = dist.gaussian_sample(key, p_mean, p_std) if sample_prior else p_mean
+  if q is None:
+    return z_p, jnp.zeros_like(z_p)
+  kl = q.log_prob(q.z) - dist.gaussian_log_prob(q.z, p_mean, p_std)
+  return jnp.where(from_prior, z_p, q.z), jnp.where(from_prior, 0.0, kl)
+
+
 SKIP_MODES = ("mean", "sample")
 
 
@@ -153,8 +170,10 @@ class HierarchicalModel(nn.Module):
   Subclasses define `infer(x, key, n_skip) -> posteriors` (bottom-up), `_top_down(posteriors,
   n_skip, key, batch) -> (d, kl terms)` (posteriors=None samples from the prior) and
   `latent_layers`; they build their latent layers and likelihood with `make_latent` and
-  `make_likelihood`. The fields below are every model's; `blocks` holds ((features, kernel,
-  stride), ...) per stage and `latents` (kind, features) per stage.
+  `make_likelihood`, set `feature_shapes` (each stage's `(h, w, c)`) in `setup`, and take
+  each latent of the top-down pass with `latent_step`, as `prior_choice` says. The fields
+  below are every model's; `blocks` holds ((features, kernel, stride), ...) per stage and
+  `latents` (kind, features) per stage.
 
   The z_{<=k} that L^{>k} (n_skip = k) skips, in its two passes:
     skip_mode: top-down, from the conditional prior: its 'mean' (as the reference) or a
@@ -216,6 +235,24 @@ class HierarchicalModel(nn.Module):
     """`[len(layers)]` bool: where the bottom-up pass replaces the posterior sample of a latent
     of layer `layers[i]` with the posterior mean (skip_inference='mean', layer <= n_skip)."""
     return use_prior_mask(layers, n_skip if self.skip_inference == "mean" else 0)
+
+  def prior_choice(self, n_layers: int, sampling: bool, n_skip, key: Optional[Array]
+                   ) -> tuple[Array, bool]:
+    """How the top-down pass takes the z of a conditional prior (`latent_step`).
+
+    Returns a `[n_layers]` bool over layers 1..n_layers, True for the `n_skip` lowest (whose
+    latents take the prior's z in inference; when `sampling` every latent does), and whether
+    a prior's z is a sample (with a key, when sampling or with skip_mode='sample') rather
+    than its mean.
+    """
+    from_prior = use_prior_mask(tuple(range(1, n_layers + 1)), n_skip)
+    return from_prior, key is not None and (sampling or self.skip_mode == "sample")
+
+  def top_prior(self, batch: int) -> tuple[Array, Array]:
+    """Mean and std of the N(0, I) prior of the top latent, `[batch, *latent_shape]` each."""
+    kind, feats = self.latents[-1]
+    spatial = self.feature_shapes[-1][:2] if kind == "conv" else ()
+    return standard_normal((batch, *spatial, feats))
 
   def generate(self, posteriors, x: Array, n_skip=0, key: Optional[Array] = None) -> ModelOutput:
     """Top-down pass and log p(x|z) given posteriors from `infer` (vmappable over n_skip)."""

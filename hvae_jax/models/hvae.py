@@ -16,10 +16,9 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from hvae_jax import distributions as dist
 from hvae_jax.layers import ResBlock
-from hvae_jax.models.common import (AsFeatureMap, Gaussian, HierarchicalModel, split_key,
-                                    standard_normal, use_prior_mask)
+from hvae_jax.models.common import (AsFeatureMap, Gaussian, HierarchicalModel, latent_step,
+                                    split_key)
 
 Array = jax.Array
 BlockSpec = tuple[int, int, int]
@@ -106,28 +105,17 @@ class HVAE(HierarchicalModel):
     its KL is dropped.
     """
     n = len(self.latents)
-    from_prior = (jnp.ones((n,), bool) if posteriors is None
-                  else use_prior_mask(self.latent_layers, n_skip))
+    from_prior, sample_prior = self.prior_choice(n, posteriors is None, n_skip, key)
     keys = split_key(key, n)
-    sample_prior = key is not None and (posteriors is None or self.skip_mode == "sample")
     d, aux_list, kls = None, None, [None] * n
     for i in reversed(range(n)):
       if i == n - 1:
-        kind, feats = self.latents[i]
-        spatial = self.feature_shapes[i][:2] if kind == "conv" else ()
-        p_mean, p_std = standard_normal((batch, *spatial, feats))
+        p_mean, p_std = self.top_prior(batch)
       else:
         p = self.p_latents[i](d, None)
         p_mean, p_std = p.mean, p.std
-      z_p = dist.gaussian_sample(keys[i], p_mean, p_std) if sample_prior else p_mean
-      if posteriors is None:
-        z = z_p
-        kls[i] = jnp.zeros_like(z_p)
-      else:
-        q = posteriors[i]
-        z = jnp.where(from_prior[i], z_p, q.z)
-        kl = q.log_prob(q.z) - dist.gaussian_log_prob(q.z, p_mean, p_std)
-        kls[i] = jnp.where(from_prior[i], 0.0, kl)
+      q = None if posteriors is None else posteriors[i]
+      z, kls[i] = latent_step(q, p_mean, p_std, from_prior[i], keys[i], sample_prior)
       h = self.p_proj[i](z)
       new_aux = []
       for j, blk in enumerate(self.p_blocks[i]):

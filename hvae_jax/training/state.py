@@ -14,6 +14,7 @@ from flax import linen as nn
 from jax.sharding import NamedSharding
 
 from hvae_jax import checkpoints, layers
+from hvae_jax.models import abstract_params
 
 Array = jax.Array
 
@@ -45,9 +46,7 @@ def init_state(model: nn.Module, config: ml_collections.ConfigDict, x_init: Arra
 def state_shapes(model: nn.Module, config: ml_collections.ConfigDict,
                  x_init: jax.ShapeDtypeStruct) -> TrainState:
   """`init_state`'s shapes and dtypes, traced without running the init."""
-  k_params, k_sample = _init_keys(config)
-  return jax.eval_shape(lambda x: fresh_state(model.init(k_params, x, k_sample)["params"], config),
-                        x_init)
+  return jax.eval_shape(lambda p: fresh_state(p, config), abstract_params(model, x_init.shape[1:]))
 
 
 def _init_keys(config: ml_collections.ConfigDict) -> tuple[Array, Array]:

@@ -1,4 +1,4 @@
-"""What one device call carries in and brings back (bench/gpu_run.py): data and workdirs.
+"""What one device call carries in and brings back (scripts/device/gpu_run.py): data and workdirs.
 
 The device README's limits shape this: the working tree that travels (tracked files,
 untracked files git does not ignore, carried paths) is at most 64 MiB in all, and at most 8

@@ -1,9 +1,9 @@
-"""One prepared device call (issue 18): the reference on the same GPU, the paper's schedule
-continued, and the S = 250 scores, all inside one time budget.
+"""One prepared device call: the reference on the same GPU, the paper's schedule continued,
+and the S = 250 scores, all inside one time budget.
 
-  python bench/gpu_run.py prepare              # here: builds .gpu_carry/, prints the run call
-  <the run call it prints>                     # on the device machine: one call, <= 10 min
-  python bench/gpu_run.py unpack --files DIR   # here: returned files -> a resumable workdir
+  python scripts/device/gpu_run.py prepare             # here: builds .gpu_carry/, prints the call
+  <the run call it prints>                             # on the device machine: one call, <= 10 min
+  python scripts/device/gpu_run.py unpack --files DIR  # here: returned files -> resumable workdir
 
 `prepare` (run it in the checkout the session was started in: that is the tree a device call
 sends) packs into the git-ignored folder .gpu_carry/: the data sets (xz-compressed arrays),
@@ -60,10 +60,10 @@ import time
 import traceback
 from typing import Optional
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from bench import gpu_carry  # pylint: disable=wrong-import-position
+from scripts.device import gpu_carry  # pylint: disable=wrong-import-position
 
 CARRY = ".gpu_carry"
 MANIFEST = "MANIFEST.json"
@@ -137,7 +137,7 @@ def run_call(carry: str, run_flags: str) -> dict:
   command = ("set -o pipefail; export PYTHONUNBUFFERED=1; "
              f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "
              f"--upgrade --target /tmp/site {whl} && export PYTHONPATH=/tmp/site:$PWD || exit; "
-             f"python3 bench/gpu_run.py run --carry {carry} --out $OUT {run_flags} "
+             f"python3 scripts/device/gpu_run.py run --carry {carry} --out $OUT {run_flags} "
              "2>&1 | tee $OUT/gpu_run.log").replace("  ", " ")
   return {"command": command, "carry": [carry], "timeout_s": 600}
 
@@ -544,7 +544,7 @@ def fmt(v, spec: str = ".3g") -> str:
 
 def report(fig: dict) -> str:
   """report.md: what the run measured, the targets, Table 1/2 from evaluate.py."""
-  out = [f"# Prepared GPU run (bench/gpu_run.py), started {fig['started']}", ""]
+  out = [f"# Prepared GPU run (scripts/device/gpu_run.py), started {fig['started']}", ""]
   s = fig.get("setup", {})
   if s:
     out.append(f"Config `{s['config']}`, start step {s['start_step']} "

@@ -1,0 +1,1 @@
+"""Tools run by hand: reproduction, export and the device driver (scripts/device/)."""
