@@ -11,7 +11,7 @@ from typing import Optional
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hvae_jax import cli, config as config_lib, multihost
+from hvae_jax import cli, config as config_lib, data, multihost
 from hvae_jax.config import DEFAULT_WORKDIR
 
 FLAGS = flags.FLAGS
@@ -31,7 +31,6 @@ def _data_dir_problem(config) -> Optional[str]:
   elif config.data.data_dir:
     where, path = "--config.data.data_dir", config.data.data_dir
   else:
-    from hvae_jax import data  # pylint: disable=import-outside-toplevel
     where, path = f"${data.DATA_DIR_ENV}", data.default_data_dir()
   # tfds may create its data_dir to download into; the offline archives must already be there.
   if path is None or config.data.source not in ("auto", "npz"):

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm import tqdm
 
 from hvae_jax import sharding
 
@@ -117,7 +118,6 @@ def map_batches(fn: Callable[..., Any], params: Any, x: Any, batch_size: int,
   whole pass returns. `on_batch(outputs_so_far)` runs after every batch (to keep them for
   such a resume).
   """
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   n = len(jax.tree_util.tree_leaves(x)[0])
   if n == 0:
     return None

@@ -203,6 +203,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if _get(c, key) < 0:
       raise ValueError(f"config.{key} must be >= 0, got {_get(c, key)!r}.")
   _check_likelihood_fits_data(c)
+  # layers imports JAX and Flax: the config stays light (the CLIs read it before JAX loads).
   from hvae_jax.layers import ACTIVATIONS  # pylint: disable=import-outside-toplevel
   for key in ("model.activation", "model.latent_activation", "model.likelihood_activation"):
     if _get(c, key) not in ACTIVATIONS:

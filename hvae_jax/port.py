@@ -64,6 +64,7 @@ def load_reference(path: str) -> tuple[dict[str, np.ndarray], Optional[dict], Op
   the state dict is there.
   """
   try:
+    # Optional: only reading the reference's own files needs torch.
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
     raise PortError("porting a PyTorch checkpoint needs torch, an optional extra: "
@@ -204,6 +205,7 @@ def convert(reference_checkpoint: str, config: ml_collections.ConfigDict, out: s
 
 def main():
   """`python -m hvae_jax.port --reference_checkpoint=DIR --config=CONFIG --out=DIR`."""
+  # Run as a program only: importing this module (tests, the API) defines no absl flags.
   from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   flags.DEFINE_string("reference_checkpoint", None, "hvae-oodd model directory (dvae_run.py's "

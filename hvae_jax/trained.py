@@ -32,7 +32,9 @@ class TrainedModel:
   threshold_note: str = ""  # why there is no threshold to use (`thresholds.load`)
   # Devices that score: None = every device of every process (data-parallel batches).
   mesh: Optional[Mesh] = None
-  _fns: dict = dataclasses.field(default_factory=dict, repr=False)
+  _fns: dict = dataclasses.field(default_factory=dict, repr=False)  # jitted scorers
+  # (id of the parameters hashed, their digest): hashing them once per parameter object
+  _params_digest: tuple = dataclasses.field(default=(None, ""), repr=False)
 
   def check_images(self, images: Any) -> np.ndarray:
     """uint8 `[N, H, W, C]` (or `[N, H, W]` for greyscale), validated against the model."""
@@ -125,14 +127,12 @@ class TrainedModel:
     """Identity of this model for score caches and thresholds: its parameters' bytes and its
     config, read afresh each time (a changed config or new parameters give a new digest);
     hashing the parameters is done once per parameter object."""
-    key = ("params_digest", id(self.params))
-    if key not in self._fns:
-      self._fns = {k: v for k, v in self._fns.items() if k[0] != "params_digest"}
-      self._fns[key] = cache.params_digest(self.params)
+    if self._params_digest[0] != id(self.params):
+      self._params_digest = (id(self.params), cache.params_digest(self.params))
     d = self.config.data
     # What changes a score: the weights, the architecture and what the images become.
     data_keys = {k: d[k] for k in d.keys() if k not in ("data_dir", "source")}
-    return cache.key_of(params=self._fns[key], model=self.config.model.to_dict(), data=data_keys,
+    return cache.key_of(params=self._params_digest[1], model=self.config.model.to_dict(), data=data_keys,
                         kind=self.kind, image_shape=self.image_shape)
 
   def verdict(self, images: Any, threshold: Optional[thresholds.Threshold] = None,

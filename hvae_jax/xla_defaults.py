@@ -5,6 +5,7 @@ Measured in bench/RESULTS.md; a user's own setting of the same flag in XLA_FLAGS
 from __future__ import annotations
 
 import os
+from importlib import metadata
 
 # flag -> value, each measured on the paper model's CPU train step (bench/RESULTS.md):
 _DEFAULTS = {
@@ -24,7 +25,6 @@ def apply_defaults() -> None:
   Set before JAX creates its CPU client, i.e. before the first computation. Only for
   jaxlib >= 0.10: older versions lack these flags and would abort on them.
   """
-  from importlib import metadata  # pylint: disable=import-outside-toplevel
   try:
     major, minor = (int(v) for v in metadata.version("jaxlib").split(".")[:2])
   except (metadata.PackageNotFoundError, ValueError):

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from PIL import Image, features
 
 from hvae_jax import objectives, ood
 
@@ -129,7 +130,6 @@ CODECS: tuple[str, ...] = ("png", "jp2")
 
 def check_codec(codec: str) -> None:
   """Raises a ValueError/RuntimeError saying what to do if `codec` cannot be used here."""
-  from PIL import features  # pylint: disable=import-outside-toplevel
   if codec not in CODECS:
     raise ValueError(f"unknown codec {codec!r}; choose from {CODECS}.")
   if codec == "jp2" and not features.check("jpg_2000"):
@@ -140,7 +140,6 @@ def check_codec(codec: str) -> None:
 
 def _encoded_bytes(img: np.ndarray, binary: bool, codec: str) -> int:
   """Bytes of one `[H, W, C]` image compressed losslessly with `codec`."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   px = img.astype(np.uint8)
   if binary and codec == "png":
     pil = Image.fromarray(px[..., 0].astype(bool))  # mode '1': a 1-bit PNG
