@@ -13,7 +13,7 @@ every latent of this model is 16x16. Each stage's spec serves both its BU and TD
 The model is hvae-oodd's `BIVA` (`model.biva_variant = 'hvae-oodd'`, what the authors' code
 behind the paper computes, its dropped skip connections included; models/biva.py lists them):
 20,985,976 parameters, the count of the torch model hvae-oodd builds from this layout
-(bench/ref_biva_params.py; tests/test_biva.py). As that code: ReLU in the blocks, ELU before
+(bench/ref_biva_params.py; tests/unit/test_biva.py). As that code: ReLU in the blocks, ELU before
 the latent layers (its BIVA stages do not pass their activation to the stochastic layers),
 no activation before the logistic-mixture layer, the encoder sees k / 255. biva-pytorch's
 wiring (every skip acts; 22,468,024 parameters) is `--config.model.biva_variant=biva-pytorch`.

@@ -3,7 +3,7 @@
   HVAE_OODD_DIR=.ref/hvae-oodd python scripts/make_port_fixtures.py [--out tests/fixtures/port]
 
 Needs torch and the hvae-oodd checkout (bench/reference_model.py); the tests that read the
-fixtures (tests/test_port.py) need neither. For each fixture (the FashionMNIST VAE with its
+fixtures (tests/unit/test_port.py) need neither. For each fixture (the FashionMNIST VAE with its
 Bernoulli likelihood, the CIFAR10-style VAE with the logistic mixture, and BIVA with it), at
 the size of configs/tiny.py: the reference model dvae_run.py builds for the config (seeded),
 its data-dependent init on a batch of images and TRAIN_STEPS Adam steps on the ELBO (one

@@ -1,4 +1,4 @@
-"""One process of the multi-process test (tests/test_multiprocess.py): joins the run, trains
+"""One process of the multi-process test (tests/integration/test_multiprocess.py): joins the run, trains
 the tiny config to `max_steps` in a shared workdir (resuming from its checkpoint), scores test
 images; process 0 writes the scores. Stopped by a signal, it exits 130 as train.py does.
 

@@ -267,7 +267,7 @@ class LikelihoodRegret:
     """(start, step, bounds), jitted once per mesh. On a mesh each device refits its own
     examples (`shard_map`): the per-example encoder copies never cross devices, and XLA's
     partitioner is not asked to split the per-example (grouped) convolutions, which it got
-    wrong on 2 CPU devices (tests/test_parallel_scoring.py)."""
+    wrong on 2 CPU devices (tests/integration/test_parallel_scoring.py)."""
     if mesh not in self._compiled:
       step = jax.vmap(self._step_one, in_axes=(None, 0, 0, 0, 0, None))
       bounds = jax.vmap(self._bounds_one, in_axes=(None, 0, 0, 0))

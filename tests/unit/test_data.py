@@ -15,7 +15,7 @@ import pytest
 from hvae_jax import batching, data, download, preprocess
 from tests.helpers import idx_bytes
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 # CI has ../shared/data beside the checkout; scripts/test.sh exports it as HVAE_DATA_DIR.
 SHARED_DATA = pathlib.Path(os.environ.get("HVAE_DATA_DIR") or REPO.parent / "shared" / "data")
 

@@ -42,7 +42,7 @@ def test_make_data_mesh_default():
 
 def test_process_rows_read_and_placed(cpus):
   """One process holds every row; Batches(rows=...) reads them, from_process_rows places them
-  split over the mesh's 'data' axis (the multi-process split itself: tests/test_multiprocess.py)."""
+  split over the mesh's 'data' axis (the multi-process split itself: tests/integration/test_multiprocess.py)."""
   mesh = sharding.make_data_mesh(cpus)
   rows = sharding.process_rows(8, mesh)
   assert rows == slice(0, 8)

@@ -1,4 +1,4 @@
-"""Tests of hvae_jax.batching's training batches (`map_batches`: tests/test_parallel_scoring.py)."""
+"""Tests of hvae_jax.batching's training batches (`map_batches`: tests/integration/test_parallel_scoring.py)."""
 from __future__ import annotations
 
 import pytest

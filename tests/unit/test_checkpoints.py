@@ -18,7 +18,7 @@ import pytest
 from hvae_jax.checkpoints import (MANIFEST, CheckpointError, Checkpointer, CorruptCheckpointError,
                                   TMP_SUFFIX, load_checkpoint_dir, match_params)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _params(seed: int, kernel=(5, 5, 8, 16)) -> dict:
