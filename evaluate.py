@@ -25,12 +25,14 @@ flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "Training workdir (uses its late
                     "the default is train.py's.")
 flags.DEFINE_string("checkpoint", None, "A checkpoint: a workdir, its checkpoints/ folder, a step "
                     "directory, or a shipped model under pretrained/. Overrides --workdir.")
-config_flags.DEFINE_config_file("config", None, "Config file to use instead of the one saved "
-                                "with the checkpoint (must describe the same model).")
-config_flags.DEFINE_config_dict("eval", config_lib.base_config().eval, "The evaluation's "
-                                "settings over the checkpoint's config.eval: --eval.<key>=...")
-config_flags.DEFINE_config_dict("baselines", config_lib.base_config().baselines, "The competing "
-                                "scores' settings over config.baselines: --baselines.<key>=...")
+with cli.config_flag_definitions():
+  config_flags.DEFINE_config_file("config", None, "Config file to use instead of the one saved "
+                                  "with the checkpoint (must describe the same model).")
+  config_flags.DEFINE_config_dict("eval", config_lib.base_config().eval, "The evaluation's "
+                                  "settings over the checkpoint's config.eval: --eval.<key>=...")
+  config_flags.DEFINE_config_dict("baselines", config_lib.base_config().baselines, "The "
+                                  "competing scores' settings over config.baselines: "
+                                  "--baselines.<key>=...")
 flags.DEFINE_list("ood", None, "OOD test sets, comma separated (default: the config's data.ood), "
                   "e.g. mnist,kmnist, svhn_cropped or fashion_mnist+noise.")
 _DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string,

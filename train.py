@@ -15,8 +15,9 @@ from hvae_jax import cli, config as config_lib, data, multihost
 from hvae_jax.config import DEFAULT_WORKDIR
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/fmnist_hvae.py", "Experiment config file.",
-                                lock_config=True)
+with cli.config_flag_definitions():
+  config_flags.DEFINE_config_file("config", "configs/fmnist_hvae.py", "Experiment config file.",
+                                  lock_config=True)
 flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "Checkpoints, metrics and samples go here.")
 flags.DEFINE_string("data_dir", None, "Folder with the offline .npz datasets (or tfds data_dir); "
                     "defaults to $HVAE_DATA_DIR.")

@@ -6,6 +6,7 @@ No JAX here: the programs import this before their flags are checked, and JAX lo
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Iterator
 
 from absl import flags
@@ -53,6 +54,24 @@ def _flag_error(err: BaseException, argv: list[str]) -> str:
   return lines[-1]
 
 
+def _bad_flag_exit(line: str) -> SystemExit:
+  return SystemExit(f"error: bad command-line flag: {line}. Config keys and their defaults "
+                    "are in hvae_jax/config.py; see --helpfull for the flags.")
+
+
+@contextlib.contextmanager
+def config_flag_definitions() -> Iterator[None]:
+  """Around `config_flags.DEFINE_config_*`: ml_collections reads `--<name>.<key>=` overrides
+  from sys.argv while it defines the flag, so an unknown key fails there, before
+  `parse_flags_or_exit` runs; it gets the same one `error:` line."""
+  try:
+    yield
+  except (KeyError, AttributeError) as e:
+    if "--verbose" in sys.argv:
+      raise
+    raise _bad_flag_exit(_flag_error(e, sys.argv)) from None
+
+
 def parse_flags_or_exit(argv: list[str]) -> list[str]:
   """absl flag parsing that turns a bad flag, config file or override into one `error:` line.
 
@@ -72,5 +91,4 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
     line = _flag_error(e, argv)
     if isinstance(e, OSError) and name is not None:
       line = f"--{name}: {line}"
-    raise SystemExit(f"error: bad command-line flag: {line}. Config keys and their defaults "
-                     "are in hvae_jax/config.py; see --helpfull for the flags.") from None
+    raise _bad_flag_exit(line) from None

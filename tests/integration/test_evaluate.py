@@ -191,12 +191,30 @@ def test_a_shipped_model_is_evaluated_into_workdirs_not_into_its_folder(tmp_path
     (["--scores=nope"], "unknown score 'nope'"),
     (["--scores=typicality", "--typicality_batch=0"], "typicality_batch must be >= 1"),
     (["--checkpoint=/nowhere"], "no checkpoint found"),
+    (["--eval.typo=3"], "--eval.typo=3: no such config key 'typo'"),
+    (["--iw_samples=2", "--eval.iw_samples_elbo=3"], "disagree: both set eval.iw_samples_elbo"),
+    (["--scores=regret", "--baselines.regret_lr=0"], "lr > 0"),
 ])
 def test_evaluate_cli_bad_inputs_one_line_each(args, message):
   r = _run(f"--checkpoint={os.path.join(REPO, 'pretrained', 'fmnist_hvae_small')}", *args)
   assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
   lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
   assert len(lines) == 1 and message in lines[0], r.stderr[-2000:]
+
+
+def test_every_setting_is_a_config_key_the_short_flags_name(tmp_path):
+  """--eval.* / --baselines.* set config.eval / config.baselines over the saved config; the
+  short flags set the same keys; the results record what ran."""
+  out = tmp_path / "eval"
+  r = _run(f"--checkpoint={os.path.join(REPO, 'pretrained', 'fmnist_hvae_small')}", "--ood=mnist",
+           "--eval.max_examples=24", "--eval.ks=(1,)", "--iw_samples=2", "--eval.seed=3",
+           "--eval.detector=llr_k1", f"--output={out}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  res = json.loads((out / "results.json").read_text())
+  assert res["settings"] == {"ks": [1], "iw_samples_elbo": 2, "iw_samples_lk": 1,
+                             "batch_size": 500, "max_examples": 24, "seed": 3,
+                             "threshold_tpr": 0.95, "detector": "llr_k1"}
+  assert res["threshold"]["detector"] == "llr_k1" and res["threshold"]["seed"] == 3
 
 
 def test_python_api_bad_inputs(tmp_path):

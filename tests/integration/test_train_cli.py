@@ -48,6 +48,8 @@ CASES = [
      "--config: [Errno 2] No such file or directory: 'configs/nope.py'"),
     ("unknown_override", ["--config.train.typo=1"], {},
      "--config.train.typo=1: no such config key 'typo'"),
+    ("unknown_top_level_override", ["--config.typo=1"], {},
+     "--config.typo=1: no such config key 'typo'"),
     ("unparsable_override", ["--config.train.batch_size=abc"], {},
      "--config.train.batch_size=abc: invalid literal for int()"),
     ("unknown_flag", ["--nosuchflag"], {}, "Unknown command line flag 'nosuchflag'"),
