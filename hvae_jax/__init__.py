@@ -25,9 +25,9 @@ Build a model from a config without training::
     model = hvae_jax.build_model(config)             # a flax module, image shape from config.data
     variables = model.init(jax.random.key(0), x_binarized, jax.random.key(1))
 
-Public names: `load_model`, `TrainedModel` (hvae_jax.trained), `train`, `evaluate`, `build_model`
-(hvae_jax.api),
-`base_config`, `load_config` (hvae_jax.config), `THRESHOLD_FILE` (hvae_jax.thresholds). Each is served lazily from its
+Public names: `load_model`, `TrainedModel` (hvae_jax.trained), `train`, `evaluate`
+(hvae_jax.api), `build_model` (hvae_jax.models), `base_config`, `load_config`
+(hvae_jax.config), `THRESHOLD_FILE` (hvae_jax.thresholds). Each is served lazily from its
 module on first use.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it (PEP 562 lazy re-exports keep `import hvae_jax` light).
 _EXPORTS = {"load_model": "hvae_jax.trained", "TrainedModel": "hvae_jax.trained", "train": "hvae_jax.api",
-            "evaluate": "hvae_jax.api", "build_model": "hvae_jax.api",
+            "evaluate": "hvae_jax.api", "build_model": "hvae_jax.models",
             "THRESHOLD_FILE": "hvae_jax.thresholds", "base_config": "hvae_jax.config",
             "load_config": "hvae_jax.config"}
 __all__ = [*_EXPORTS, "__version__"]

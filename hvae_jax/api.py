@@ -1,4 +1,5 @@
-"""The Python API: train, evaluate, build models; `load_model` (hvae_jax.trained) loads them.
+"""The Python API: train and evaluate; `load_model` (hvae_jax.trained) loads a model and
+`build_model` (hvae_jax.models) builds one from a config.
 
     import hvae_jax
     m = hvae_jax.train("configs/tiny.py", "workdirs/tiny", overrides={"train.max_steps": 200})
@@ -14,23 +15,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import ml_collections
 import numpy as np
 
-from hvae_jax import config as config_lib, data, evaluation, thresholds
-from hvae_jax.models import build_model as _build_model
+from hvae_jax import config as config_lib, evaluation, thresholds
 from hvae_jax.trained import TrainedModel, load_model
-
-
-def build_model(config: ml_collections.ConfigDict,
-                image_shape: Optional[Sequence[int]] = None):
-  """The flax module `config.model` describes (HVAE or BIVA), for images `[H, W, C]`.
-
-  `image_shape` defaults to the shape of `config.data.name`'s images. Use the module as any
-  flax module: `model.init(key, x, key)`, `model.apply(variables, x, key, n_skip=k)` for the
-  bound terms of L^{>k}, `model.apply(variables, key, num, method=model.sample)` for prior
-  samples and `model.apply(variables, x, key, n_skip, method=model.reconstruct)`.
-  """
-  if image_shape is None:
-    image_shape = data.get_spec(config.data.name).image_shape
-  return _build_model(config, tuple(int(v) for v in image_shape))
 
 
 def train(config: Union[str, os.PathLike, ml_collections.ConfigDict],

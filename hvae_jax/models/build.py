@@ -1,7 +1,7 @@
 """A model from its config, and its parameter tree's shapes without running its init."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from hvae_jax import data
 from hvae_jax.models.biva import BIVA
 from hvae_jax.models.common import HierarchicalModel
 from hvae_jax.models.hvae import HVAE
@@ -24,8 +25,16 @@ def _as_tuple(x):
 
 
 def build_model(config: ml_collections.ConfigDict,
-                image_shape: tuple[int, int, int]) -> HierarchicalModel:
-  """The flax module that `config.model` describes, for images `[H, W, C]`."""
+                image_shape: Optional[Sequence[int]] = None) -> HierarchicalModel:
+  """The flax module `config.model` describes (HVAE or BIVA), for images `[H, W, C]`.
+
+  `image_shape` defaults to the shape of `config.data.name`'s images. Use the module as any
+  flax module: `model.init(key, x, key)`, `model.apply(variables, x, key, n_skip=k)` for the
+  bound terms of L^{>k}, `model.apply(variables, key, num, method=model.sample)` for prior
+  samples and `model.apply(variables, x, key, n_skip, method=model.reconstruct)`.
+  """
+  if image_shape is None:
+    image_shape = data.get_spec(config.data.name).image_shape
   m = config.model
   common = dict(image_shape=tuple(int(v) for v in image_shape), likelihood=m.likelihood,
                 num_mix=m.num_mix, activation=m.activation,
