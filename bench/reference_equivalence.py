@@ -11,7 +11,7 @@ literals, e.g. smaller widths). Reference side (a child process with the referen
 set up as bench/compare_reference.py says; bench/reference_model.py): the model hvae-oodd's
 scripts/dvae_run.py builds for that config (class VAE or BIVA, the config's blocks and
 latents as README-style JSON), seeded, the data-dependent init its first forward pass runs
-(on a batch of training images), --train_steps Adam steps on the ELBO (lr 3e-4) so that weight
+(on a batch of training images), --train_steps Adam steps on the ELBO (--train_lr) so that weight
 norm, posteriors, priors and the mixture are away from their initial values, then
 `model.save(dir)`: the checkpoint files dvae_run.py writes. With --reference_model it takes
 that hvae-oodd model directory instead (e.g. one dvae_run.py trained).
@@ -36,7 +36,9 @@ to tell rounding from a real difference, the same for the reference run in float
 model `.double()`): |reference float32 - float64| (B, the reference's own rounding) and
 |ours - reference float64| (C). It passes when A is within --tolerance nats, or when in every
 cell C <= max(B, --tolerance) (ours is as close to the exact result as the reference's float32
-is); exit status 1 otherwise.
+is), or, with --rel_tolerance r, when every cell that misses that has C <= r x its largest
+|value| (the test's rule: a max over images of float32 accumulation noise is as likely to land
+just above the reference's own as below it); exit status 1 otherwise.
 """
 from __future__ import annotations
 
@@ -79,7 +81,7 @@ def ref_main(a):
     train = rm.as_input(inputs["train"], dmol)
     if not dmol:  # dynamic binarization of the grey levels, as dvae_run.py's training data
       train = torch.bernoulli(train / 255, generator=torch.Generator().manual_seed(a.seed))
-    losses = rm.train(model, train, a.train_steps, a.batch, a.seed, log=log)
+    losses = rm.train(model, train, a.train_steps, a.batch, a.seed, lr=a.train_lr, log=log)
     model.save(saved)
   out = rm.scores_f32_f64(model, rm.as_input(inputs["test"], dmol), a.eval_batch)
   np.savez(os.path.join(a.work_dir, "reference_scores.npz"), **out)
@@ -212,7 +214,11 @@ def report(a, ours: dict, ref: dict, info: dict, model, n_params: int) -> tuple[
   exact, c_cells = diff_table(ours, ref64, labels, ks)
   worst = max(a_cells.values())
   rounding = rounding_only(ours, ref, a.tolerance)
-  trained = (f"trained {a.train_steps} Adam steps (lr 3e-4, batch {a.batch}, plain ELBO) from "
+  relative = a.rel_tolerance > 0 and rounding_only(ours, ref, a.tolerance, a.rel_tolerance)
+  missed = "; ".join(f"{label} k={k}: C {c_cells[label, k]:.2e}, B {b_cells[label, k]:.2e}"
+                     for label, k in c_cells
+                     if c_cells[label, k] > max(b_cells[label, k], a.tolerance))
+  trained = (f"trained {a.train_steps} Adam steps (lr {a.train_lr:g}, batch {a.batch}, plain ELBO) from "
              f"its data-dependent init; last -ELBOs "
              f"{[round(v, 1) for v in info['last_train_losses']]}"
              if not a.reference_model else f"loaded from {a.reference_model}")
@@ -248,9 +254,15 @@ def report(a, ours: dict, ref: dict, info: dict, model, n_params: int) -> tuple[
       "PASS: within the tolerance" if worst <= a.tolerance else
       "PASS: A is float32 rounding: in every cell, C <= max(B, tolerance), i.e. ours is no "
       "farther from the float64 result than the reference's own float32 result" if rounding
-      else "FAIL: ours is farther from the float64 result than the reference's float32 result",
+      else f"Cells where ours is farther from the float64 result than the reference's float32 "
+      f"result (C > max(B, tolerance)): {missed}.",
   ]
-  return "\n".join(lines), worst <= a.tolerance or rounding
+  if not rounding:
+    lines.append(f"PASS at --rel_tolerance={a.rel_tolerance:g}: in every such cell C <= "
+                 f"{a.rel_tolerance:g} x the cell's largest |value|" if relative else
+                 "FAIL" + (f" (also at --rel_tolerance={a.rel_tolerance:g})"
+                           if a.rel_tolerance else ""))
+  return "\n".join(lines), worst <= a.tolerance or rounding or relative
 
 
 def load_config(path: str, settings: list[str]):
@@ -283,7 +295,7 @@ def parent_main(a):
     with open(os.path.join(a.work_dir, "spec.json"), "w", encoding="utf-8") as f:
       json.dump(a.spec, f)
     cmd = [a.ref_python, os.path.abspath(__file__), "--_role", "ref"] + [
-        f"--{k}={getattr(a, k)}" for k in ("work_dir", "seed", "train_steps", "batch",
+        f"--{k}={getattr(a, k)}" for k in ("work_dir", "seed", "train_steps", "train_lr", "batch",
                                             "eval_batch", "reference_model")]
     info = run_child(cmd + [f"--threads={len(cpus)}"], env, cpus, "reference: scores",
                      busy_probe_s=3.0)
@@ -307,10 +319,14 @@ def main():
   ap.add_argument("--set", action="append", default=[], help="key=value config change")
   ap.add_argument("--n", type=int, default=1000, help="test images compared")
   ap.add_argument("--train_steps", type=int, default=200, help="reference Adam steps")
+  ap.add_argument("--train_lr", type=float, default=3e-4, help="their learning rate (the plain "
+                  "ELBO from the init diverges at 3e-4 for the 256-channel CIFAR VAE)")
   ap.add_argument("--batch", type=int, default=64, help="reference training batch")
   ap.add_argument("--eval_batch", type=int, default=500)
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--tolerance", type=float, default=1e-3, help="nats per image")
+  ap.add_argument("--rel_tolerance", type=float, default=0.0, help="also pass a cell whose C is "
+                  "within this share of its largest |value| (tests/unit/test_port.py: 1e-5)")
   ap.add_argument("--ref_commit", default="unknown", help="the reference checkout's commit "
                   "(recorded in the report)")
   ap.add_argument("--data_dir", default="", help="default: $HVAE_DATA_DIR")
