@@ -40,8 +40,8 @@ from hvae_jax import xla_defaults as _xla_defaults  # noqa: F401  (sets CPU XLA 
 __version__ = "0.1.0"
 
 # Public name -> the module that defines it (PEP 562 lazy re-exports keep `import hvae_jax` light).
-_EXPORTS = {"load_model": "hvae_jax.trained", "TrainedModel": "hvae_jax.trained", "train": "hvae_jax.api",
-            "evaluate": "hvae_jax.api", "build_model": "hvae_jax.models",
+_EXPORTS = {"load_model": "hvae_jax.trained", "TrainedModel": "hvae_jax.trained",
+            "train": "hvae_jax.api", "evaluate": "hvae_jax.api", "build_model": "hvae_jax.models",
             "THRESHOLD_FILE": "hvae_jax.thresholds", "base_config": "hvae_jax.config",
             "load_config": "hvae_jax.config"}
 __all__ = [*_EXPORTS, "__version__"]

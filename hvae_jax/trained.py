@@ -132,8 +132,8 @@ class TrainedModel:
     d = self.config.data
     # What changes a score: the weights, the architecture and what the images become.
     data_keys = {k: d[k] for k in d.keys() if k not in ("data_dir", "source")}
-    return cache.key_of(params=self._params_digest[1], model=self.config.model.to_dict(), data=data_keys,
-                        kind=self.kind, image_shape=self.image_shape)
+    return cache.key_of(params=self._params_digest[1], model=self.config.model.to_dict(),
+                        data=data_keys, kind=self.kind, image_shape=self.image_shape)
 
   def verdict(self, images: Any, threshold: Optional[thresholds.Threshold] = None,
               **score_kwargs) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -27,7 +27,8 @@ def eval_config(trained: TrainedModel, options: Mapping[str, Any]) -> ml_collect
     if value is None:
       continue
     key, check, _ = OPTIONS.get(name, (name, None, None))
-    if not key.startswith(("eval.", "baselines.")) or key.split(".", 1)[1] not in c[key.split(".")[0]]:
+    section, _, leaf = key.partition(".")
+    if section not in ("eval", "baselines") or leaf not in c[section]:
       raise ValueError(f"unknown evaluation option {name!r}; the options are "
                        f"{sorted(OPTIONS)} or config keys eval.* / baselines.* "
                        f"(hvae_jax/config.py).")
