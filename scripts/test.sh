@@ -7,4 +7,9 @@ cd "$(dirname "$0")/.."
 python -m pip install -q -e '.[test]'
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=2"
 export HVAE_DATA_DIR="${HVAE_DATA_DIR:-$(cd .. && pwd)/shared/data}"
-python -m pytest tests/unit tests/integration "$@"
+# Every test unless an argument names a file or folder (`bash scripts/test.sh tests/unit/x.py`).
+targets=(tests/unit tests/integration)
+for arg in "$@"; do
+  if [[ -e "${arg%%::*}" ]]; then targets=(); fi
+done
+python -m pytest "${targets[@]}" "$@"
