@@ -25,12 +25,13 @@ flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "Training workdir (uses its late
                     "the default is train.py's.")
 flags.DEFINE_string("checkpoint", None, "A checkpoint: a workdir, its checkpoints/ folder, a step "
                     "directory, or a shipped model under pretrained/. Overrides --workdir.")
+_BASE = config_lib.base_config()  # the keys and types of the evaluation's flags
 with cli.config_flag_definitions():
   config_flags.DEFINE_config_file("config", None, "Config file to use instead of the one saved "
                                   "with the checkpoint (must describe the same model).")
-  config_flags.DEFINE_config_dict("eval", config_lib.base_config().eval, "The evaluation's "
+  config_flags.DEFINE_config_dict("eval", _BASE.eval, "The evaluation's "
                                   "settings over the checkpoint's config.eval: --eval.<key>=...")
-  config_flags.DEFINE_config_dict("baselines", config_lib.base_config().baselines, "The "
+  config_flags.DEFINE_config_dict("baselines", _BASE.baselines, "The "
                                   "competing scores' settings over config.baselines: "
                                   "--baselines.<key>=...")
 flags.DEFINE_list("ood", None, "OOD test sets, comma separated (default: the config's data.ood), "
@@ -40,7 +41,7 @@ _DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFI
 for _name, (_key, _, _help) in OPTIONS.items():  # one flag per short option name
   if _help is not None:
     _section, _leaf = _key.split(".")
-    _DEFINE[type(config_lib.base_config()[_section][_leaf])](
+    _DEFINE[type(_BASE[_section][_leaf])](
         _name, None, f"{_help} Sets --{_key}.")
 flags.DEFINE_bool("no_cache", False, "Rescore even where a score cache for this very model, "
                   "images and settings exists (the caches are still written). Sets "

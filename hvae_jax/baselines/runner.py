@@ -101,13 +101,12 @@ class BaselineOptions:
 
   @classmethod
   def from_config(cls, c: ml_collections.ConfigDict) -> "BaselineOptions":
-    """From `config.baselines`, with `config.eval`'s chunk size, batch size and seed."""
+    """From `config.baselines`; `evaluation.evaluate` gives them its own chunk size, batch
+    size and seed."""
     b = c.baselines
-    return cls(iw_samples=b.iw_samples, chunk_size=c.eval.chunk_size,
-               batch_size=c.eval.batch_size, typicality_batch=b.typicality_batch,
+    return cls(iw_samples=b.iw_samples, typicality_batch=b.typicality_batch,
                regret_steps=b.regret_steps, regret_lr=b.regret_lr,
-               regret_weight_decay=b.regret_weight_decay,
-               regret_batch_size=b.regret_batch_size, seed=c.eval.seed)
+               regret_weight_decay=b.regret_weight_decay, regret_batch_size=b.regret_batch_size)
 
 
 class BaselineScorer:

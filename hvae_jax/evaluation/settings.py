@@ -33,7 +33,7 @@ def eval_config(trained: TrainedModel, options: Mapping[str, Any]) -> ml_collect
                        f"{sorted(OPTIONS)} or config keys eval.* / baselines.* "
                        f"(hvae_jax/config.py).")
     if key == "eval.ks":
-      value = trained.check_ks(value) if len(value) else ()
+      value = trained.check_ks(value)
     elif check is not None:
       value = check(name, value)
     if key in given and given[key][1] != value:
