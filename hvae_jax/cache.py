@@ -21,7 +21,7 @@ from hvae_jax import multihost
 
 # Bump when a change in the code changes what a score means or how it is computed, so caches
 # written by older code are not reused.
-SCORE_VERSION = 3
+SCORE_VERSION = 4  # 4: the per-layer terms of every pass
 
 
 def array_digest(x: Any) -> str:

@@ -102,6 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
   # the targets on the paper's FashionMNIST model where the rules over every k do not
   # (docs/RESULTS.md, "Per-input verdicts"); k = 1 is the paper's k for this model size.
   c.eval.detector = "joint_k1"
+  # In-distribution training images (a seeded subset) the detectors are fitted on (one half)
+  # and calibrated on (the other); independent of max_examples.
+  c.eval.reference_examples = 4000
   c.eval.max_examples = -1  # images per data set (a seeded subset); -1 = all
   c.eval.seed = 0  # seeds the samples, the subsets and the detectors' fit/calibration halves
   c.eval.threshold_tpr = 0.95  # in-distribution acceptance the verdict is calibrated for
@@ -162,6 +165,26 @@ _SAVED_BEFORE_THE_KEY = {("model", "latent_activation"): "elu",
                          ("model", "likelihood_activation"): "leaky_relu",
                          ("model", "biva_variant"): "biva-pytorch",
                          ("model", "colour_input"): "signed"}
+
+
+# What a model's scores depend on besides its weights (`score_keys`, `TrainedModel.digest`).
+# Every model.* and data.* key is in exactly one of SCORE_KEYS and NOT_SCORE_KEYS (a test
+# checks), so a new key must say whether it changes a score. A score key added later whose
+# default keeps the old computation goes in SCORE_KEYS_SINCE with that value: models at that
+# value keep their digest, and with it their thresholds and score caches.
+SCORE_KEYS = tuple(f"model.{k}" for k in (
+    "name", "blocks", "latents", "likelihood", "num_mix", "activation", "latent_activation",
+    "likelihood_activation", "latent_kernel", "upsample", "skip_mode", "skip_inference", "dtype",
+    "biva_conditional_bu", "biva_variant", "colour_input")) + ("data.eval_binarize_seed",)
+NOT_SCORE_KEYS = tuple(f"data.{k}" for k in (
+    "name", "source", "data_dir", "train_split", "test_split", "ood", "perturb_rate"))
+SCORE_KEYS_SINCE: dict[str, Any] = {}
+
+
+def score_keys(c: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config values a model's scores depend on (`SCORE_KEYS`), by dotted key."""
+  return {k: _get(c, k) for k in SCORE_KEYS
+          if k not in SCORE_KEYS_SINCE or _get(c, k) != SCORE_KEYS_SINCE[k]}
 
 
 # Keys that no longer exist: dropped from saved configs (they were never read).

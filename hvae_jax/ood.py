@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hvae_jax import image_keys, objectives
+from hvae_jax import image_keys, objectives, stat_names
 
 Array = jax.Array
 
@@ -35,9 +35,9 @@ def max_k(model: nn.Module) -> int:
   return max(model.latent_layers) - 1
 
 
-def bounds_one_sample(model: nn.Module, params: Any, x: Array, key: Array,
-                      ks: Array) -> Array:
-  """`[len(ks), batch]` single-sample bounds L^{>k}.
+def terms_one_sample(model: nn.Module, params: Any, x: Array, key: Array, ks: Array) -> Array:
+  """`[len(ks), batch, 1 + n_latents]` single-sample terms of each bound L^{>k}: log p(x|z),
+  then every latent's KL log q(z_i|.) - log p(z_i|.) (zero for the k lowest layers), in nats.
 
   With the model's skip_inference='sample' every k shares one bottom-up pass; with 'mean'
   (the reference's ood-llr.py) each k runs its own, with z_{<=k} at the posterior mean. The
@@ -51,17 +51,32 @@ def bounds_one_sample(model: nn.Module, params: Any, x: Array, key: Array,
   def for_k(k):
     posteriors = infer(k) if shared is None else shared
     out = model.apply(variables, posteriors, x, k, k_p, method=model.generate)
-    return objectives.bound(out)
+    return jnp.concatenate([out.log_px[:, None], objectives.kl_per_latent(out)], axis=-1)
 
   return jax.vmap(for_k)(ks)
 
 
-def iw_bounds(model: nn.Module, params: Any, x: Array, key: Array, ks: Sequence[int],
-              iw_samples: int = 1, chunk_size: int = 16) -> Array:
-  """`[len(ks), batch]` importance-weighted bounds log mean_s exp(L_s^{>k}) in nats.
+def bound_of(terms: Array) -> Array:
+  """The bound of its terms `[..., 1 + n_latents]`: log p(x|z) - sum_i KL_i (eq. 5)."""
+  return terms[..., 0] - terms[..., 1:].sum(-1)
 
-  `iw_samples` samples are drawn `chunk_size` at a time (vmapped), so memory is bounded by
-  one chunk; the chunks are folded with a running logaddexp.
+
+def bounds_one_sample(model: nn.Module, params: Any, x: Array, key: Array,
+                      ks: Array) -> Array:
+  """`[len(ks), batch]` single-sample bounds L^{>k} (`terms_one_sample`, summed)."""
+  return bound_of(terms_one_sample(model, params, x, key, ks))
+
+
+def iw_terms(model: nn.Module, params: Any, x: Array, key: Array, ks: Sequence[int],
+             iw_samples: int = 1, chunk_size: int = 16) -> tuple[Array, Array]:
+  """Importance-weighted bounds and their terms over `iw_samples` samples.
+
+  Returns `[len(ks), batch]` log mean_s exp(L_s^{>k}) in nats, and `[len(ks), batch, T]` each
+  term (`terms_one_sample`) averaged over the samples with their self-normalized importance
+  weights w_s = softmax_s(L_s^{>k}): the terms of the sample that dominates the bound. With one
+  sample they are that sample's terms and sum back to the bound. Samples are drawn
+  `chunk_size` at a time (vmapped), so memory is bounded by one chunk; the chunks are folded
+  with a running logaddexp.
   """
   if iw_samples < 1:
     raise ValueError(f"iw_samples must be >= 1, got {iw_samples}.")
@@ -72,17 +87,31 @@ def iw_bounds(model: nn.Module, params: Any, x: Array, key: Array, ks: Sequence[
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_chunks * chunk))
   keys = keys.reshape(n_chunks, chunk)
   valid = (jnp.arange(n_chunks * chunk) < iw_samples).reshape(n_chunks, chunk)
-  sample = jax.vmap(lambda k: bounds_one_sample(model, params, x, k, ks))
+  sample = jax.vmap(lambda k: terms_one_sample(model, params, x, k, ks))
 
   def fold(acc, inp):
+    acc_lse, acc_terms = acc
     chunk_keys, chunk_valid = inp
-    b = sample(chunk_keys)  # [chunk, K, batch]
-    b = jnp.where(chunk_valid[:, None, None], b, -jnp.inf)  # padding samples weigh nothing
-    return jnp.logaddexp(acc, jax.nn.logsumexp(b, axis=0)), None
+    t = sample(chunk_keys)  # [chunk, K, batch, T]
+    b = jnp.where(chunk_valid[:, None, None], bound_of(t), -jnp.inf)  # padding weighs nothing
+    lse = jax.nn.logsumexp(b, axis=0)
+    w = jnp.exp(b - lse)[..., None]  # weights within the chunk
+    chunk_terms = jnp.sum(jnp.where(w > 0, w * t, 0.0), axis=0)
+    new = jnp.logaddexp(acc_lse, lse)
+    mix = jnp.exp(acc_lse - new)[..., None]  # the share of the samples before this chunk
+    return (new, mix * acc_terms + (1.0 - mix) * chunk_terms), None
 
-  init = jnp.full((ks.shape[0], x.shape[0]), -jnp.inf, jnp.float32)
-  total, _ = jax.lax.scan(fold, init, (keys, valid))
-  return total - jnp.log(float(iw_samples))
+  n_terms = 1 + len(model.latent_layers)
+  init = (jnp.full((ks.shape[0], x.shape[0]), -jnp.inf, jnp.float32),
+          jnp.zeros((ks.shape[0], x.shape[0], n_terms), jnp.float32))
+  (total, terms), _ = jax.lax.scan(fold, init, (keys, valid))
+  return total - jnp.log(float(iw_samples)), terms
+
+
+def iw_bounds(model: nn.Module, params: Any, x: Array, key: Array, ks: Sequence[int],
+              iw_samples: int = 1, chunk_size: int = 16) -> Array:
+  """`[len(ks), batch]` importance-weighted bounds log mean_s exp(L_s^{>k}) (`iw_terms`)."""
+  return iw_terms(model, params, x, key, ks, iw_samples, chunk_size)[0]
 
 
 def scores(model: nn.Module, params: Any, x: Array, key: Array, ks: Sequence[int] | None = None,
@@ -94,6 +123,8 @@ def scores(model: nn.Module, params: Any, x: Array, key: Array, ks: Sequence[int
     'elbo': `[batch]` L^{>0} (with `iw_samples_elbo` samples: the IW bound on log p(x)),
     'lk': `[len(ks), batch]` L^{>k} with `iw_samples_lk` samples,
     'llr': `[len(ks), batch]` LLR^{>k} = elbo - lk,
+    'elbo_terms': `[batch, T]`, 'lk_terms': `[len(ks), batch, T]`: each bound's per-layer
+      terms (log p(x|z), KL per latent; `iw_terms`),
     'elbo_bpd', 'lk_bpd': the bounds in bits/dim.
   `ks` defaults to 1..L-1. When both sample counts agree, one set of samples serves every
   bound (the bottom-up pass is shared); otherwise the ELBO gets its own samples.
@@ -102,17 +133,20 @@ def scores(model: nn.Module, params: Any, x: Array, key: Array, ks: Sequence[int
   if any(k < 1 or k > max_k(model) for k in ks):
     raise ValueError(f"k must lie in 1..{max_k(model)} for this model, got {ks}.")
   if iw_samples_elbo == iw_samples_lk:
-    b = iw_bounds(model, params, x, key, (0,) + ks, iw_samples_elbo, chunk_size)
-    elbo, lk = b[0], b[1:]
+    b, t = iw_terms(model, params, x, key, (0,) + ks, iw_samples_elbo, chunk_size)
+    elbo, lk, elbo_terms, lk_terms = b[0], b[1:], t[0], t[1:]
   else:
     k_e, k_k = jax.random.split(key)
-    elbo = iw_bounds(model, params, x, k_e, (0,), iw_samples_elbo, chunk_size)[0]
-    lk = iw_bounds(model, params, x, k_k, ks, iw_samples_lk, chunk_size)
+    elbo, elbo_terms = iw_terms(model, params, x, k_e, (0,), iw_samples_elbo, chunk_size)
+    elbo, elbo_terms = elbo[0], elbo_terms[0]
+    lk, lk_terms = iw_terms(model, params, x, k_k, ks, iw_samples_lk, chunk_size)
   shape = x.shape[1:]
   return {
       "elbo": elbo,
       "lk": lk,
       "llr": elbo[None] - lk,
+      "elbo_terms": elbo_terms,
+      "lk_terms": lk_terms,
       "elbo_bpd": objectives.bits_per_dim(elbo, shape),
       "lk_bpd": objectives.bits_per_dim(lk, shape),
   }
@@ -135,20 +169,26 @@ def make_image_score_fn(model: nn.Module, ks: Sequence[int], iw_samples_elbo: in
 
   def one(params, xi, key):
     s = scores(model, params, xi[None], key, ks, iw_samples_elbo, iw_samples_lk, chunk_size)
-    return {n: v[0] for n, v in flatten_scores(s, ks).items()}
+    return {n: v[0] for n, v in flatten_scores(s, ks, model).items()}
 
   def fn(params, x, key_data):
     return jax.vmap(one, in_axes=(None, 0, 0))(params, x, image_keys.sampling_keys(key_data))
   return jax.jit(fn)
 
 
-def flatten_scores(s: dict[str, Any], ks: Sequence[int]) -> dict[str, Array]:
-  """Named `[batch]` float32 score arrays: elbo, lk_k{k}, llr_k{k} (+ bits/dim); traceable,
-  so a jitted scorer can return them (each leading axis the batch, as `map_batches` needs)."""
+def flatten_scores(s: dict[str, Any], ks: Sequence[int], model: nn.Module) -> dict[str, Array]:
+  """Named `[batch]` float32 score arrays: elbo, lk_k{k}, llr_k{k} (+ bits/dim) and the
+  per-layer terms of every pass (`stat_names`: recon, kl_l1, ..., recon_k{k}, kl_k{k}_l2, ...);
+  traceable, so a jitted scorer can return them (each leading axis the batch, as
+  `map_batches` needs)."""
   f32 = lambda v: jnp.asarray(v, jnp.float32)
+  names, layers = model.latent_names, model.latent_layers
   out = {"elbo": f32(s["elbo"]), "elbo_bpd": f32(s["elbo_bpd"])}
+  out.update({n: f32(s["elbo_terms"][..., j]) for j, n in stat_names.pass_terms(0, names, layers)})
   for i, k in enumerate(ks):
     out[f"lk_k{k}"] = f32(s["lk"][i])
     out[f"lk_k{k}_bpd"] = f32(s["lk_bpd"][i])
     out[f"llr_k{k}"] = f32(s["llr"][i])
+    out.update({n: f32(s["lk_terms"][i, ..., j])
+                for j, n in stat_names.pass_terms(k, names, layers)})
   return out

@@ -27,6 +27,9 @@ OPTIONS: dict[str, tuple[str, Optional[Callable[[str, Any], Any]], Optional[str]
     "detector": ("eval.detector", None,
                  "The verdict's per-input rule written to threshold.json: joint, joint_k<k>, "
                  "any_k (the paper's rule), any_k_typ, or llr_k<k> for one k."),
+    "reference_examples": ("eval.reference_examples", checks.positive_int,
+                           "In-distribution training images the detectors are fitted on (one "
+                           "seeded half) and calibrated on (the other), whatever max_examples."),
     "scores": ("eval.scores", None,
                "'paper' (ELBO, L^{>k}, LLR^{>k} only), 'all', or a comma list of baselines: "
                "iw_nll, typicality, complexity, bg_llr, waic, regret."),

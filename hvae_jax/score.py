@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> dict:
     s[th.rule], flags, drivers = th.flags(s)
   report = {
       "model": os.path.abspath(args.checkpoint),
-      "threshold": th and {k: v for k, v in th.to_json().items() if k != "reference"},
+      "threshold": th and th.brief(),
       "settings": {**settings, "ks": list(settings["ks"]), "batch_size": batch_size,
                    "resize": args.resize, "invert": args.invert},
       "images": [{"file": f, "verdict": None if flag is None else ("OOD" if flag else "in"),

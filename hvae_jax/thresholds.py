@@ -18,7 +18,8 @@ import numpy as np
 from hvae_jax import detectors
 
 THRESHOLD_FILE = "threshold.json"
-FORMAT = 2
+FORMAT = 3  # 3: density rules store their fitted features and density
+_FITTED = ("reference", "features_of", "features", "density")  # the detector's fitted state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,21 +65,26 @@ class Threshold:
 
   def to_json(self) -> dict:
     """The threshold.json record (format `FORMAT`)."""
+    fitted = self.detector.to_json()
     return {"format": FORMAT, "detector": self.rule, "value": self.value,
             "model_digest": self.model_digest, "ks": [int(k) for k in self.ks],
             "iw_samples_elbo": int(self.iw_samples_elbo), "iw_samples_lk": int(self.iw_samples_lk),
             "seed": int(self.seed), "tpr": float(self.tpr), **self.summary,
-            "reference": self.detector.to_json()["reference"]}
+            **{k: v for k, v in fitted.items() if k not in ("rule", "threshold")}}
+
+  def brief(self) -> dict:
+    """`to_json` without the fitted arrays (reference values, density): for reports."""
+    return {k: v for k, v in self.to_json().items() if k not in _FITTED}
 
   @classmethod
   def from_json(cls, rec: Mapping) -> "Threshold":
     """A record of `to_json`; ValueError (one line) for another format."""
     if not isinstance(rec, Mapping) or rec.get("format") != FORMAT:
-      raise ValueError("written by an older hvae-jax (no per-input detector)")
+      raise ValueError("written by an older hvae-jax (before the per-layer detectors)")
     fields = {"format", "detector", "value", "threshold", "model_digest", "ks", "iw_samples_elbo",
-              "iw_samples_lk", "seed", "tpr", "reference"}
+              "iw_samples_lk", "seed", "tpr", *_FITTED}
     detector = detectors.Detector.from_json({"rule": rec["detector"], "threshold": rec["value"],
-                                             "reference": rec["reference"]})
+                                             **{k: rec[k] for k in _FITTED if k in rec}})
     return cls(detector, rec["model_digest"], tuple(int(k) for k in rec["ks"]),
                int(rec["iw_samples_elbo"]), int(rec["iw_samples_lk"]), int(rec["seed"]),
                float(rec["tpr"]), {k: v for k, v in rec.items() if k not in fields})

@@ -124,16 +124,15 @@ class TrainedModel:
 
   @property
   def digest(self) -> str:
-    """Identity of this model for score caches and thresholds: its parameters' bytes and its
-    config, read afresh each time (a changed config or new parameters give a new digest);
-    hashing the parameters is done once per parameter object."""
+    """Identity of this model for score caches and thresholds: what its scores depend on,
+    its parameters' bytes and the config keys that change the computation
+    (`config.score_keys`: the architecture and how images become input; not the training,
+    evaluation or data-set keys), read afresh each time; hashing the parameters is done once
+    per parameter object."""
     if self._params_digest[0] != id(self.params):
       self._params_digest = (id(self.params), cache.params_digest(self.params))
-    d = self.config.data
-    # What changes a score: the weights, the architecture and what the images become.
-    data_keys = {k: d[k] for k in d.keys() if k not in ("data_dir", "source")}
-    return cache.key_of(params=self._params_digest[1], model=self.config.model.to_dict(),
-                        data=data_keys, kind=self.kind, image_shape=self.image_shape)
+    return cache.key_of(params=self._params_digest[1], config=config_lib.score_keys(self.config),
+                        kind=self.kind, image_shape=self.image_shape)
 
   def verdict(self, images: Any, threshold: Optional[thresholds.Threshold] = None,
               **score_kwargs) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -17,7 +17,8 @@ def fit_detectors(reference: Mapping[str, np.ndarray], settings: EvalSettings
   fit, cal = detectors.halves(len(reference["elbo"]), settings.seed)
   rules = detectors.combined(settings.ks) + [f"llr_k{k}" for k in settings.ks]
   return {rule: detectors.fit(rule, settings.ks, detectors.pick(reference, fit),
-                              detectors.pick(reference, cal), settings.threshold_tpr)
+                              detectors.pick(reference, cal), settings.threshold_tpr,
+                              settings.seed)
           for rule in rules}
 
 

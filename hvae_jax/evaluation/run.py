@@ -139,12 +139,11 @@ def run(trained: TrainedModel, in_name: str, in_test: np.ndarray, in_train: np.n
     os.makedirs(out_dir, exist_ok=True)
   score_cache = score_cache or cache.ScoreCache(out_dir)
   in_test = scoring.limit(in_test, settings.max_examples, settings.seed)
-  # As many training images as test images: enough for the sanity check and the threshold.
   # The reference (training images) last: an expensive run has the metrics' sets first.
   sets = {f"{in_name}_test": in_test}
   sets.update({f"{name}_test": scoring.limit(x, settings.max_examples, settings.seed)
                for name, x in ood_sets.items()})
-  sets[f"{in_name}_train"] = scoring.limit(in_train, len(in_test), settings.seed)
+  sets[f"{in_name}_train"] = scoring.limit(in_train, settings.reference_examples, settings.seed)
   scores = {}
   seconds: dict[str, list] = {}  # name -> [seconds, examples]
   for tag, x in sets.items():
@@ -206,8 +205,7 @@ def run(trained: TrainedModel, in_name: str, in_test: np.ndarray, in_train: np.n
     return results
   thresholds.write(out_dir, threshold)
   with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump({**results, "threshold": {k: v for k, v in results["threshold"].items()
-                                        if k != "reference"}}, f, indent=1)
+    json.dump({**results, "threshold": threshold.brief()}, f, indent=1)
   with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
     f.write(report.markdown_report(results))
   return results

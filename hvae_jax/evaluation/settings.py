@@ -64,6 +64,7 @@ class EvalSettings:
   seed: int = 0
   threshold_tpr: float = 0.95  # in-distribution acceptance the threshold is calibrated for
   detector: str = "joint_k1"  # the verdict's rule (`detectors`), written to threshold.json
+  reference_examples: int = 4000  # training images the detectors are fitted/calibrated on
 
   def __post_init__(self):
     if not self.ks:
@@ -72,7 +73,8 @@ class EvalSettings:
       checks.positive_int(name, getattr(self, name))
     checks.example_count("max_examples", self.max_examples)
     checks.non_negative_int("seed", self.seed)
-    detectors.statistics(self.detector, self.ks)  # a known rule; a single k must be scored
+    detectors.check(self.detector, self.ks)  # a known rule; a single k must be scored
+    checks.positive_int("reference_examples", self.reference_examples)
     if not 0.0 < self.threshold_tpr < 1.0:
       raise ValueError(f"threshold_tpr={self.threshold_tpr!r} is not allowed: give an "
                        f"acceptance rate in (0, 1).")
@@ -83,7 +85,8 @@ class EvalSettings:
     e = c.eval
     return cls(ks=tuple(e.ks), iw_samples_elbo=e.iw_samples_elbo, iw_samples_lk=e.iw_samples_lk,
                batch_size=e.batch_size, max_examples=e.max_examples, seed=e.seed,
-               threshold_tpr=e.threshold_tpr, detector=e.detector)
+               threshold_tpr=e.threshold_tpr, detector=e.detector,
+               reference_examples=e.reference_examples)
 
   def cache_key(self, trained: TrainedModel, images) -> str:
     """Everything that changes these scores: model (weights, config), images, settings."""

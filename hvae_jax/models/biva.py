@@ -118,6 +118,12 @@ class BIVA(HierarchicalModel):
     n = len(self.blocks)
     return tuple(i for i in range(1, n) for _ in range(2)) + (n,)
 
+  @property
+  def latent_names(self) -> tuple[str, ...]:
+    """(l1_bu, l1_td, ..., l<L-1>_bu, l<L-1>_td, l<L>), in `latent_layers`' order."""
+    n = len(self.blocks)
+    return tuple(f"l{i}_{s}" for i in range(1, n) for s in ("bu", "td")) + (f"l{n}",)
+
   def setup(self):
     n = len(self.blocks)
     if n != len(self.latents):

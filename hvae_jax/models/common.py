@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from hvae_jax import distributions as dist
+from hvae_jax import stat_names
 from hvae_jax.layers import WNConv, WNDense, get_activation
 
 Array = jax.Array
@@ -205,6 +206,11 @@ class HierarchicalModel(nn.Module):
   skip_inference: str = "sample"
   colour_input: str = "unit"
   dtype: Any = jnp.float32
+
+  @property
+  def latent_names(self) -> tuple[str, ...]:
+    """A name per latent, lowest first, for its statistics (`stat_names`): l1, l2, ..."""
+    return stat_names.latent_names(self.latent_layers)
 
   def check_modes(self):
     for name in ("skip_mode", "skip_inference"):
