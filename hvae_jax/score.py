@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from tqdm import tqdm
 
-from hvae_jax import cli, image_files
+from hvae_jax import cli, image_files, stat_names
 
 if TYPE_CHECKING:  # pragma: no cover
   from hvae_jax.trained import TrainedModel
@@ -188,6 +188,9 @@ def _print(report: dict) -> None:
   print(_table(["file", "ELBO bits/dim", *llr, "verdict (driven by)"], rows[:_TABLE_ROWS]))
   if len(rows) > _TABLE_ROWS:
     print(f"... {len(rows) - _TABLE_ROWS} more rows in scores.csv")
+  drivers = sorted({r["driven_by"] for r in images if r["driven_by"]})
+  if drivers:
+    print("driven by: " + "; ".join(f"{d} = {stat_names.describe(d)}" for d in drivers))
   if th:
     print(f"{sum(r['verdict'] == 'OOD' for r in images)} of {len(images)} images are OOD: "
           f"detector {th['detector']} > {th['value']:.3f}, which accepted "

@@ -3,9 +3,10 @@ import functools
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from hvae_jax import data, layers, preprocess
+from hvae_jax import data, layers, ood, preprocess
 from hvae_jax.models import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,3 +83,21 @@ def multiprocess_config(max_steps):
   return tiny_config(train__max_steps=max_steps, train__checkpoint_every_steps=10,
                      train__eval_every_epochs=100.0, train__log_every_steps=10,
                      train__sample_grid=4)
+
+
+def check_terms_sum_back(model, params, x):
+  """Every pass's per-layer terms (flatten_scores' names) sum back to its bound (S = 1), and
+  the L^{>k} pass has no KL term for the k lowest layers."""
+  ks = tuple(range(1, ood.max_k(model) + 1))
+  s = ood.make_image_score_fn(model, ks)(params, x, np.zeros((len(x), 2), np.uint32))
+  kl = lambda prefix: sum(v for n, v in s.items() if n.startswith(prefix))
+  np.testing.assert_allclose(s["recon"] - kl("kl_l"), s["elbo"], rtol=1e-6, atol=1e-4)
+  for k in ks:
+    np.testing.assert_allclose(s[f"recon_k{k}"] - kl(f"kl_k{k}_"), s[f"lk_k{k}"], rtol=1e-6,
+                               atol=1e-4)
+    below = [n for n in s if n.startswith(f"kl_k{k}_l") and int(n[len(f"kl_k{k}_l")]) <= k]
+    assert not below, below
+  for n, v in s.items():
+    assert v.dtype == jnp.float32 and v.shape == (len(x),) and bool(jnp.all(jnp.isfinite(v))), n
+  return s
+

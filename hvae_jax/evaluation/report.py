@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from hvae_jax import metrics
+from hvae_jax import metrics, stat_names
 
 _METRICS = ["score", "AUROC", "± SE", "AUPRC", "FPR80", "FPR95", "AUPR-In", "examples/s"]
 
@@ -25,7 +25,8 @@ def _verdict_lines(results: dict) -> list[str]:
            **{f"flags {n}": f"{v['ood_flagged'][n]:.1%}" for n in oods}}
           for rule, v in verdicts.items()]
   cols = ["detector", "threshold", "accepts in-dist. test"] + [f"flags {n}" for n in oods]
-  drivers = "; ".join(f"{n}: " + ", ".join(f"{s} {share:.0%}" for s, share in
+  drivers = "; ".join(f"{n}: " + ", ".join(f"{s} ({stat_names.describe(s)}) {share:.0%}"
+                                            for s, share in
                                             sorted(th["driven_by"][n].items(), key=lambda x: -x[1]))
                       for n in oods if th["driven_by"].get(n))
   return ["## Per-input verdicts", "",

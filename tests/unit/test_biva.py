@@ -16,7 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from hvae_jax import layers, objectives, ood, preprocess, sharding, training
 from hvae_jax.layers import count_params
 from hvae_jax.models import build_model
-from tests.helpers import fmnist_slice, tiny_config
+from tests.helpers import check_terms_sum_back, fmnist_slice, tiny_config
 
 # 28x28 -> 14x14 (layer 1) -> 7x7 (layer 2) -> 7x7 (layer 3): the TD blocks of layers 1-2 see
 # h^BU through transposed aux convs; hvae-oodd's wiring (the default) drops the same-shape
@@ -154,6 +154,13 @@ def test_ood_scores_run_unchanged():
   for name in ("elbo", "lk", "llr", "elbo_bpd", "lk_bpd"):
     assert bool(jnp.all(jnp.isfinite(s[name]))), name
   np.testing.assert_allclose(s["llr"], s["elbo"][None] - s["lk"], rtol=1e-6)
+
+
+def test_per_layer_terms_of_both_streams_sum_back_to_every_bound():
+  model, params = _tiny()
+  names = check_terms_sum_back(model, params, _x(4))
+  assert {"kl_l1_bu", "kl_l1_td", "kl_l2_bu", "kl_l2_td", "kl_l3", "kl_k1_l2_bu",
+          "kl_k1_l2_td", "kl_k2_l3"} <= set(names)
 
 
 BATCH = 16  # one batch shape for both training tests: the 1-device step compiles once

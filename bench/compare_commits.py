@@ -1,7 +1,7 @@
-"""Train-step throughput of several commits, interleaved on one machine: find a regression.
+"""A bench (default: the train step) on several commits, interleaved on one machine: find a regression.
 
-  python bench/bisect_train_step.py df3ecea 37fecbd HEAD --rounds 3 --out /tmp/bisect.txt
-  python bench/bisect_train_step.py main .      # before a change: main against the work tree
+  python bench/compare_commits.py df3ecea 37fecbd HEAD --rounds 3 --out /tmp/bisect.txt
+  python bench/compare_commits.py main .      # before a change: main against the work tree
 
 Each commit is checked out once into a git worktree (under --worktrees) and its own
 bench/train_step.py runs there, so a commit is measured with the code and the XLA defaults it
@@ -19,7 +19,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # bench/train_step.py's figure, or compare_reference.py's (`--bench` below).
-RATE = re.compile(r"train_examples_per_s=([0-9.]+)|train batch \d+: ([0-9.]+) ex/s")
+RATE = re.compile(r"examples_per_s=([0-9.]+)|train batch \d+: ([0-9.]+) ex/s")
 
 
 def worktree(commit: str, base: str) -> str:
@@ -37,7 +37,8 @@ def worktree(commit: str, base: str) -> str:
 
 def measure(path: str, bench: list[str]) -> float:
   """One run of the bench command `bench` in `path`: its steady-state examples/s."""
-  env = {**os.environ, "PYTHONPATH": path}
+  env = {**os.environ, "PYTHONPATH": path, "HVAE_DATA_DIR": os.environ.get(
+      "HVAE_DATA_DIR", os.path.join(os.path.dirname(ROOT), "shared", "data"))}
   out = subprocess.run([sys.executable, *bench], cwd=path, env=env, capture_output=True,
                        text=True, check=False)
   m = RATE.search(out.stdout + out.stderr)
