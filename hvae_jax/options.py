@@ -25,8 +25,9 @@ OPTIONS: dict[str, tuple[str, Optional[Callable[[str, Any], Any]], Optional[str]
     "seed": ("eval.seed", checks.non_negative_int,
              "Seed of the samples, the subsets and the detectors' fit/calibration halves."),
     "detector": ("eval.detector", None,
-                 "The verdict's per-input rule written to threshold.json: joint, joint_k<k>, "
-                 "any_k (the paper's rule), any_k_typ, or llr_k<k> for one k."),
+                 "The verdict's per-input rule written to threshold.json: dose_<mcd|gmm|kde>"
+                 "[_elbo][_std] (a density over the per-layer terms), any_stat, joint, "
+                 "joint_k<k>, any_k (the paper's rule), any_k_typ, or llr_k<k> for one k."),
     "reference_examples": ("eval.reference_examples", checks.positive_int,
                            "In-distribution training images the detectors are fitted on (one "
                            "seeded half) and calibrated on (the other), whatever max_examples."),

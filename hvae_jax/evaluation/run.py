@@ -28,12 +28,14 @@ ALIASES = {"svhn": "svhn_cropped", "fmnist": "fashion_mnist"}
 
 
 def orientation(name: str) -> int:
-  """+1 if larger = more OOD. Bounds (elbo, lk_*) are log-likelihoods: lower = more OOD.
+  """+1 if larger = more OOD. Bounds (elbo, lk_*) and log p(x|z) (recon*) are
+  log-likelihoods: lower = more OOD; a KL term (kl_*) larger = more OOD.
 
   LLR^{>k} (llr_*) and the baselines of `hvae_jax.baselines` (iw_nll, typicality,
   typicality_batch, complexity_png/_jp2, bg_llr, neg_waic, regret) are built larger = more OOD.
   """
-  return 1 if name.startswith("llr") or baselines.larger_is_ood(name) else -1
+  larger = name.startswith(("llr", "kl_")) or baselines.larger_is_ood(name)
+  return 1 if larger else -1
 
 
 def default_output_dir(model_path: str, leaf: str = "eval") -> str:

@@ -63,7 +63,7 @@ class EvalSettings:
   max_examples: int = -1  # per data set; -1 = all
   seed: int = 0
   threshold_tpr: float = 0.95  # in-distribution acceptance the threshold is calibrated for
-  detector: str = "joint_k1"  # the verdict's rule (`detectors`), written to threshold.json
+  detector: str = "dose_gmm_elbo"  # the verdict's rule (`detectors`), written to threshold.json
   reference_examples: int = 4000  # training images the detectors are fitted/calibrated on
 
   def __post_init__(self):

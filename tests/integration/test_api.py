@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import hvae_jax
-from hvae_jax import baselines
+from hvae_jax import baselines, detectors, stat_names
 from tests.helpers import DATA_DIR, REPO, fmnist_slice, mnist_slice
 
 pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(DATA_DIR, "fashion_mnist.npz")),
@@ -164,8 +164,9 @@ def test_evaluate_with_arrays_and_a_path(readme_run, tmp_path):
                           in_test=fmnist_slice(60, seed=3), in_train=fmnist_slice(60, "train"),
                           output_dir=str(out), ks=(1,), batch_size=60)
   assert set(res["ood"]) == {"digits"}
-  combined = {"any_k", "any_k_typ", "joint", "joint_k1"}  # the per-input detectors' rows
-  assert set(res["ood"]["digits"]["metrics"]) == {"elbo", "lk_k1", "llr_k1"} | combined
+  combined = set(detectors.combined((1,)))  # the per-input detectors' rows
+  terms = {"recon", "kl_l1", "kl_l2", "kl_l3", "recon_k1", "kl_k1_l2", "kl_k1_l3"}
+  assert set(res["ood"]["digits"]["metrics"]) == {"elbo", "lk_k1", "llr_k1"} | terms | combined
   assert (out / "roc_digits.png").exists() and (out / "threshold.json").exists()
   with pytest.raises(ValueError, match="shape"):
     hvae_jax.evaluate(readme_run["model"], ood={"bad": np.zeros((4, 32, 32, 3), np.uint8)},
@@ -183,7 +184,9 @@ def test_evaluate_adds_the_competing_scores(readme_run, tmp_path):
                           output_dir=str(out), ks=(1,), batch_size=40, scores="all",
                           ensemble=[str(member)], baseline_iw_samples=2, regret_steps=1)
   names = set(res["ood"]["digits"]["metrics"])
-  assert names == ({"elbo", "lk_k1", "llr_k1", "any_k", "any_k_typ", "joint", "joint_k1"}
+  paper = {n for n in names if stat_names.is_term(n)} | {"elbo", "lk_k1", "llr_k1"}
+  assert paper >= {"recon", "kl_l1", "recon_k1"}
+  assert names == (paper | set(detectors.combined((1,)))
                    | (set(baselines.SCORE_NAMES) - {"bg_llr"}))
   assert res["extra_scores_settings"]["ensemble"] == [readme_run["workdir"], str(member)]
   assert res["extra_scores_settings"]["regret_steps"] == 1
