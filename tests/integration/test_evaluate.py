@@ -132,10 +132,12 @@ def test_cli_and_api_are_one_path_and_the_threshold_records_both_sample_counts(t
   import hvae_jax  # pylint: disable=import-outside-toplevel
   cli_out, api_out = tmp_path / "cli", tmp_path / "api"
   r = _run(f"--workdir={tiny_workdir}", "--ood=mnist", "--max_examples=60", "--k=1,2",
-           "--iw_samples_elbo=2", "--iw_samples_lk=3", "--batch_size=30", f"--output={cli_out}")
+           "--iw_samples_elbo=2", "--iw_samples_lk=3", "--batch_size=30", f"--output={cli_out}",
+           "--reference_examples=60")
   assert r.returncode == 0, r.stderr[-3000:]
   model = hvae_jax.load_model(tiny_workdir)
-  res = hvae_jax.evaluate(model, ood=["mnist"], max_examples=60, ks=(1, 2), iw_samples_elbo=2,
+  res = hvae_jax.evaluate(model, ood=["mnist"], max_examples=60, reference_examples=60,
+                          ks=(1, 2), iw_samples_elbo=2,
                           iw_samples_lk=3, batch_size=30, output_dir=str(api_out),
                           data_dir=DATA_DIR)
   cli = json.loads((cli_out / "results.json").read_text())
@@ -155,7 +157,7 @@ def test_cli_and_api_are_one_path_and_the_threshold_records_both_sample_counts(t
   # all 60 test images, none of which it saw.
   assert "30 reference images" in th["calibrated_on"] and "all 60" in th["acceptance_on"]
   assert 0.0 <= th["acceptance"] <= 1.0 and set(th["ood_flagged"]) == {"mnist"}
-  assert len(th["reference"]["elbo"]) == 30
+  assert {len(v) for v in th["reference"].values()} == {30}
   report = (cli_out / "results.md").read_text()
   assert "Per-input verdicts" in report and "| any_k |" in report and "FPR95" in report
   # verdict: the threshold's detector, ks and both sample counts; it names what drove it.
@@ -165,7 +167,7 @@ def test_cli_and_api_are_one_path_and_the_threshold_records_both_sample_counts(t
   score, driver = thresholds.Threshold.from_json(th).detector.score(ref)
   np.testing.assert_array_equal(s[th["detector"]], score)
   np.testing.assert_array_equal(flags, score > th["value"])
-  assert set(s["driven_by"]) <= {"elbo", "llr_k1", "llr_k2"}
+  assert set(s["driven_by"]) <= set(th["features_of"] or th["reference"])
   np.testing.assert_array_equal(model.is_ood(images), flags)
 
 
@@ -213,7 +215,8 @@ def test_every_setting_is_a_config_key_the_short_flags_name(tmp_path):
   res = json.loads((out / "results.json").read_text())
   assert res["settings"] == {"ks": [1], "iw_samples_elbo": 2, "iw_samples_lk": 1,
                              "batch_size": 500, "max_examples": 24, "seed": 3,
-                             "threshold_tpr": 0.95, "detector": "llr_k1"}
+                             "threshold_tpr": 0.95, "detector": "llr_k1",
+                             "reference_examples": 4000}
   assert res["threshold"]["detector"] == "llr_k1" and res["threshold"]["seed"] == 3
 
 

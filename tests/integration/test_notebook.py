@@ -13,6 +13,7 @@ import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 from nbclient import NotebookClient
 
+from hvae_jax.thresholds import Threshold
 from tests.helpers import DATA_DIR, REPO
 
 NOTEBOOK = os.path.join(REPO, "notebooks", "hvae_ood_colab.ipynb")
@@ -166,8 +167,11 @@ def _check_evaluation_and_verdicts(nb, text, run_dir, threshold_file):
   # The verdict on the example images, with the calibrated threshold printed as its file has it.
   assert f"threshold from {threshold_file}:" in text
   threshold = json.loads(open(threshold_file, encoding="utf-8").read())
-  assert json.dumps({k: v for k, v in threshold.items() if k != "reference"}, indent=1) in text
-  assert "driven by llr_k1" in text or "driven by elbo" in text  # every verdict names its cause
+  assert json.dumps(Threshold.from_json(threshold).brief(), indent=1) in text
+  # Every verdict names its cause: one of the statistics the threshold's detector reads.
+  causes = set(threshold.get("features_of") or threshold["reference"])
+  assert re.search(r"driven by (\S+)", text) and all(
+      m in causes for m in re.findall(r"driven by (\S+)", text)), causes
   verdicts = [l for l in text.splitlines() if l.rstrip().endswith(("OUT-OF-DISTRIBUTION",
                                                                    "in-distribution"))]
   assert len(verdicts) == 8, verdicts
