@@ -14,7 +14,8 @@ independent single-sample L^{>1} with skip_inference 'sample' / 'mean'; IW(v) = 
   paper_mean    IW(L_{0..S-1}) - lk_mean[0]      the paper's estimator, skip_inference='mean'
 Per S: AUROC (the first sample set, = evaluate.py's) +/- Hanley-McNeil SE; the mean AUROC over
 up to `reps` disjoint replications (Monte Carlo noise averaged out); and the mean over images of
-the per-image variance (over disjoint groups of S samples) of ELBO_S, L^{>1}_S and each score.
+the per-image variance (over disjoint groups of S samples) of ELBO_S, L^{>1}_S and each score;
+paired-bootstrap SEs of a few AUROC differences on the same images.
 """
 import argparse
 import glob
@@ -26,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # pylint: disable=wrong-import-position
 from scipy.special import logsumexp  # pylint: disable=wrong-import-position
+from sklearn import metrics as skm  # pylint: disable=wrong-import-position
 
 from hvae_jax import metrics  # pylint: disable=wrong-import-position
 
@@ -114,10 +116,30 @@ def curve(data: dict, s_grid=S_GRID, reps: int = 8) -> list[dict]:
   return rows
 
 
+def paired_delta(data: dict, a: tuple[str, int], b: tuple[str, int], n_boot: int = 500,
+                 seed: int = 0) -> tuple[float, float]:
+  """AUROC of estimator b[0] at S = b[1] minus a[0]'s at S = a[1] (first sample sets), and its
+  standard error from a paired bootstrap over the images (both scored on the same resample)."""
+  sc = {side: [estimator_reps(data[side], s, 1)[name][:, 0] for name, s in (a, b)]
+        for side in ("in", "out")}
+  auc = lambda i, o, j: skm.roc_auc_score(
+      np.r_[np.zeros(len(i)), np.ones(len(o))], np.r_[sc["in"][j][i], sc["out"][j][o]])
+  n_in, n_out = len(sc["in"][0]), len(sc["out"][0])
+  full_i, full_o = np.arange(n_in), np.arange(n_out)
+  delta = auc(full_i, full_o, 1) - auc(full_i, full_o, 0)
+  rng = np.random.default_rng(seed)
+  boots = []
+  for _ in range(n_boot):
+    i, o = rng.integers(0, n_in, n_in), rng.integers(0, n_out, n_out)
+    boots.append(auc(i, o, 1) - auc(i, o, 0))
+  return float(delta), float(np.std(boots, ddof=1))
+
+
 def table(rows: list[dict]) -> str:
   """Markdown: AUROC +/- SE (mean over replications) per estimator and S; then variances."""
   head = "| S | " + " | ".join(NAMES) + " |\n|---|" + "---|" * len(NAMES) + "\n"
-  cell = lambda v: f"{v['auroc']:.3f} ± {v['se']:.3f} ({v['auroc_mean']:.3f}, {v['reps']})" if v else ""
+  cell = lambda v: (f"{v['auroc']:.3f} ± {v['se']:.3f} ({v['auroc_mean']:.3f}, {v['reps']})"
+                    if v else "")
   body = "".join(f"| {r['S']} | " + " | ".join(cell(r.get(n)) for n in NAMES) + " |\n"
                  for r in rows)
   keys = ("elbo_S", "lk_S", "lk_1", "lk_1_mean", "paper", "both")
@@ -169,9 +191,16 @@ def main():
   rows = curve(data, reps=a.reps)
   print(f"{a.dump}: {n_in} vs {n_out} images, s_max {data['in']['main'].shape[1]}")
   print(table(rows))
+  s_top = rows[-1]["S"]
+  pairs = ((("paper", 1), ("paper", s_top)), (("paper", s_top), ("paper_mean", s_top)),
+           (("paper", s_top), ("both", s_top)), (("paper", 1), ("paper_shared", 1)))
+  deltas = {f"{b[0]}@{b[1]} - {a_[0]}@{a_[1]}": paired_delta(data, a_, b) for a_, b in pairs}
+  for k, (dl, se) in deltas.items():
+    print(f"paired: AUROC {k} = {dl:+.4f} +/- {se:.4f}")
   if a.json:
     with open(a.json, "w") as f:
-      json.dump({"dump": a.dump, "n_in": n_in, "n_out": n_out, "rows": rows}, f, indent=1)
+      json.dump({"dump": a.dump, "n_in": n_in, "n_out": n_out, "rows": rows,
+                 "paired_deltas": deltas}, f, indent=1)
   if a.plot:
     plot(rows, a.plot, f"{a.title} ({n_in} vs {n_out})")
 
