@@ -35,9 +35,9 @@ S_GRID = (1, 2, 5, 10, 25, 50, 100, 250)
 NAMES = ("paper", "paper_shared", "both", "both_indep", "paper_mean")
 
 
-def load(folder: str, n: int = -1) -> dict[str, dict[str, np.ndarray]]:
+def load(folder: str, n: int = -1, s_max: int = -1) -> dict[str, dict[str, np.ndarray]]:
   """{'in'|'out': {main [N, s_max, 2], lk [N, E], lk_mean [N, E]}} float64, the same number of
-  complete blocks on both sides (at most `n` images each)."""
+  complete blocks on both sides (at most `n` images each, at most `s_max` main samples)."""
   blocks = {t: sorted(glob.glob(os.path.join(folder, f"{t}_[0-9]*.npz"))) for t in ("in", "out")}
   nb = min(len(b) for b in blocks.values())
   out = {}
@@ -45,6 +45,8 @@ def load(folder: str, n: int = -1) -> dict[str, dict[str, np.ndarray]]:
     parts = [np.load(f) for f in files[:nb]]
     out[tag] = {k: np.concatenate([p[k] for p in parts]).astype(np.float64)[:n if n > 0 else None]
                 for k in ("main", "lk", "lk_mean")}
+    if s_max > 0:
+      out[tag]["main"] = out[tag]["main"][:, :s_max]
   return out
 
 
@@ -181,12 +183,13 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--dump", required=True)
   ap.add_argument("--n", type=int, default=-1, help="images per side (default: all dumped)")
+  ap.add_argument("--s_max", type=int, default=-1, help="use only the first s_max samples")
   ap.add_argument("--reps", type=int, default=8)
   ap.add_argument("--plot", default="")
   ap.add_argument("--json", default="")
   ap.add_argument("--title", default="FashionMNIST -> MNIST, LLR^{>1}_S")
   a = ap.parse_args()
-  data = load(a.dump, a.n)
+  data = load(a.dump, a.n, a.s_max)
   n_in, n_out = len(data["in"]["main"]), len(data["out"]["main"])
   rows = curve(data, reps=a.reps)
   print(f"{a.dump}: {n_in} vs {n_out} images, s_max {data['in']['main'].shape[1]}")
