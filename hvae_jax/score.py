@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from tqdm import tqdm
 
-from hvae_jax import cli, image_files
+from hvae_jax import cli
+from hvae_jax.data import image_files
 
 if TYPE_CHECKING:  # pragma: no cover
   from hvae_jax.trained import TrainedModel

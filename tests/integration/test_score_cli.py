@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from hvae_jax import api, evaluation, image_files, score
+from hvae_jax import api, evaluation, score
+from hvae_jax.data import image_files
 from tests.helpers import DATA_DIR, REPO, fmnist_slice, mnist_slice
 
 PRETRAINED = os.path.join(REPO, "pretrained", "fmnist_hvae_small")
