@@ -62,7 +62,8 @@ def test_names_one_spelling_each_and_short_readable_unique_names():
   shorts = data.short_names(["mnist", "folder:/data/scans/", "npz:/tmp/scans.npz",
                              "tfds:lsun/classroom", "tfds:mnist", "fashion_mnist+noise"],
                             taken=("fm",))
-  assert shorts == {"mnist": "mnist", "scans": "folder:/data/scans/", "scans_2": "npz:/tmp/scans.npz",
+  assert shorts == {"mnist": "mnist", "scans": "folder:/data/scans/",
+                    "scans_2": "npz:/tmp/scans.npz",
                     "lsun_classroom": "tfds:lsun/classroom", "mnist_2": "tfds:mnist",
                     "fashion_mnist+noise": "fashion_mnist+noise"}
   assert data.short_names(["folder:/x/fm"], taken=("fm",)) == {"fm_2": "folder:/x/fm"}
@@ -152,7 +153,8 @@ def test_the_decoded_copy_is_read_at_once_and_never_stale(mixed, cache, monkeypa
   first = data.load_images(f"folder:{d}", "all", image_shape=(28, 28, 1))
   decoded = []
   real = image_files.load_image
-  monkeypatch.setattr(image_files, "load_image", lambda *a, **k: decoded.append(1) or real(*a, **k))
+  monkeypatch.setattr(image_files, "load_image",
+                      lambda *a, **k: decoded.append(1) or real(*a, **k))
   lines, report = _lines()
   np.testing.assert_array_equal(data.load_images(f"folder:{d}", "all", image_shape=(28, 28, 1)),
                                 first)
@@ -194,7 +196,7 @@ def test_bad_folders_are_one_clear_line(tmp_path, cache, monkeypatch):
   (tmp_path / "bad").mkdir()
   (tmp_path / "bad" / "a.png").write_bytes(b"garbage")
   with pytest.raises(ValueError, match="none of its 1 image files could be decoded"):
-    data.load_images(f"folder:{tmp_path / 'bad'}", "all", image_shape=(28, 28, 1),)
+    data.load_images(f"folder:{tmp_path / 'bad'}", "all", image_shape=(28, 28, 1))
   (tmp_path / "ok").mkdir()
   Image.fromarray(_pixels(1)[0]).save(tmp_path / "ok" / "a.png")
   monkeypatch.setattr(conform, "MEMORY_FRACTION", 1e-12)  # a machine with almost no memory
