@@ -11,7 +11,8 @@ Without those two flags, bg_llr and waic use the models scripts/reproduce_baseli
 beside the run (<run>_bg, <run>_seed<N>); 'all' skips them, with a note, if there are none.
 
 Writes results.json, results.md (tables shaped like the paper's), ROC and histogram PNGs, the
-calibrated threshold and per-example score caches into --output.
+calibrated threshold, per set the flagged images (<set>_most_ood.png, <set>_least_ood.png,
+<set>_scores.csv) and per-example score caches into --output.
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -35,7 +36,9 @@ with cli.config_flag_definitions():
                                   "competing scores' settings over config.baselines: "
                                   "--baselines.<key>=...")
 flags.DEFINE_list("ood", None, "OOD test sets, comma separated (default: the config's data.ood), "
-                  "e.g. mnist,kmnist, svhn_cropped or fashion_mnist+noise.")
+                  "mixed freely: registry names (mnist, kmnist, svhn_cropped, "
+                  "fashion_mnist+noise), folder:PATH (a folder of images), npz:PATH (an archive "
+                  "of uint8 image arrays) or tfds:NAME (any tensorflow_datasets name).")
 _DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string,
            tuple: flags.DEFINE_list, bool: flags.DEFINE_bool}
 for _name, (_key, _, _help) in OPTIONS.items():  # one flag per short option name

@@ -29,7 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # pylint: disable=wrong-import-position
 
-from hvae_jax import cache, data, detectors, lowlevel, metrics  # pylint: disable=wrong-import-position
+from hvae_jax import cache, data, detectors, metrics  # pylint: disable=wrong-import-position
+from hvae_jax.data import lowlevel  # pylint: disable=wrong-import-position
 from hvae_jax.evaluation import EvalSettings, scoring  # pylint: disable=wrong-import-position
 from hvae_jax.trained import load_model  # pylint: disable=wrong-import-position
 

@@ -16,12 +16,14 @@ import ml_collections
 import numpy as np
 
 from hvae_jax import config as config_lib, evaluation, thresholds
+from hvae_jax.data import npz
 from hvae_jax.trained import TrainedModel, load_model
 
 
 def train(config: Union[str, os.PathLike, ml_collections.ConfigDict],
           workdir: Union[str, os.PathLike], *, overrides: Optional[Mapping[str, Any]] = None,
-          data_dir: Optional[str] = None) -> TrainedModel:
+          data_dir: Optional[str] = None,
+          images: Union[None, np.ndarray, Mapping[str, np.ndarray]] = None) -> TrainedModel:
   """Trains (or resumes) `config` in `workdir` and returns the trained model.
 
   A thin wrapper of `hvae_jax.training.train_and_evaluate`: data-parallel over every local
@@ -35,6 +37,12 @@ def train(config: Union[str, os.PathLike, ml_collections.ConfigDict],
     overrides: dotted config keys to set, e.g. `{"train.max_steps": 500}`.
     data_dir: folder with the offline `{name}.npz` data sets (sets `config.data.data_dir`);
       default `$HVAE_DATA_DIR`, else tensorflow_datasets.
+    images: your own data instead of `config.data.name`'s: uint8 `[N, H, W(, C)]` (split by
+      the seeded split of `hvae_jax.data.splits`) or `{"train": ..., "test": ...}`. Saved as
+      `<workdir>/<workdir's name>.npz` and named `npz:<that file>` in the config, so the
+      checkpoint says what it was trained on and `evaluate` finds its test split there. They
+      are brought to `config.train.image_shape` (default 28x28x1 for Bernoulli, 32x32x3 for
+      DMoL).
 
   Returns:
     `load_model(workdir)`: the final checkpoint, ready to `score`.
@@ -45,14 +53,15 @@ def train(config: Union[str, os.PathLike, ml_collections.ConfigDict],
   if data_dir is not None:
     c.data.data_dir = os.fspath(data_dir)
   workdir = os.fspath(workdir)
+  if images is not None:
+    name = os.path.basename(os.path.normpath(os.path.abspath(workdir)))
+    c.data.name = "npz:" + npz.write(os.path.join(workdir, f"{name}.npz"), images)
   training.train_and_evaluate(c, workdir)
   return load_model(workdir)
 
 
-
-
 def evaluate(model: Union[TrainedModel, str, os.PathLike],
-             ood: Union[Sequence[str], Mapping[str, np.ndarray]] = ("mnist",), *,
+             ood: Union[Sequence[str], Mapping[str, Union[str, np.ndarray]]] = ("mnist",), *,
              output_dir: Optional[str] = None, in_test: Optional[np.ndarray] = None,
              in_train: Optional[np.ndarray] = None, data_dir: Optional[str] = None,
              update_threshold: bool = True, progress: bool = True, **options: Any) -> dict:
@@ -63,13 +72,16 @@ def evaluate(model: Union[TrainedModel, str, os.PathLike],
   images (the reference: the train-vs-test sanity check, then every per-input detector is
   fitted on one half of them and calibrated on the other), measures every score and detector
   on the test and OOD images, then writes `results.md`, `results.json`, `roc_<ood>.png`,
-  `hist_<ood>.png`, `threshold.json` (the `detector` rule, bound to this model) and score
+  `hist_<ood>.png`, `threshold.json` (the `detector` rule, bound to this model), per set the
+  flagged images (`<set>_most_ood.png`, `<set>_least_ood.png`, `<set>_scores.csv`) and score
   caches into `output_dir`.
 
   Args:
     model: a `TrainedModel` or a path for `load_model`.
-    ood: names of OOD data sets (`"mnist"`, `"kmnist"`, ...) loaded like the training data,
-      or a dict name -> uint8 images.
+    ood: OOD data sets, mixed freely: registry names (`"mnist"`, `"kmnist"`, ...) loaded like
+      the training data, `"folder:PATH"`, `"npz:PATH"`, `"tfds:NAME"` (brought to the model's
+      image shape), reported under short names (a folder's base name, ...); or a dict short
+      name -> uint8 images or such a name.
     output_dir: default `<workdir>/eval` for a training workdir, else
       `workdirs/<model name>/eval` (`evaluation.default_output_dir`).
     in_test, in_train: uint8 in-distribution images; default the test and train splits of

@@ -28,6 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.compilation_cache_dir = ""  # a path enables JAX's persistent compilation cache
 
   c.data = ml_collections.ConfigDict()
+  # A registry name (hvae_jax/data/registry.py), or your own data: folder:PATH (a folder of
+  # images), npz:PATH (an archive of uint8 image arrays) or tfds:NAME (hvae_jax/data/names.py).
   c.data.name = "fashion_mnist"
   # 'auto' (local .npz if present, else official idx files if found, else
   # downloaded: the official files of FashionMNIST and MNIST, tfds otherwise), 'npz',
@@ -90,6 +92,10 @@ def base_config() -> ml_collections.ConfigDict:
   # from shipped parameters (e.g. pretrained/fmnist_hvae) where the optimizer state is gone.
   c.train.init_from = ""
   c.train.sample_grid = 64  # prior samples saved as PNG at each evaluation (0 = none)
+  # The (height, width, channels) a folder:, npz: or tfds: training set is brought to (resized,
+  # greyscale or colour: hvae_jax/data/conform.py); () = 28x28x1 with the Bernoulli
+  # likelihood, 32x32x3 with DMoL. A registry data set keeps its own shape.
+  c.train.image_shape = ()
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 500
@@ -312,12 +318,14 @@ _LIKELIHOOD_OF_KIND = {"binary": ("bernoulli", "binarized 0/1 pixels"),
 
 
 def _check_likelihood_fits_data(c: ml_collections.ConfigDict) -> None:
-  # The data registry is a module above this one; only its table of data sets is read here.
+  # Imported on use: the CLIs read configs before anything else loads, and only this check
+  # needs the data package (its names and specs).
   from hvae_jax import data  # pylint: disable=import-outside-toplevel
-  if c.data.name not in data.DATASETS:
-    raise ValueError(f"config.data.name = {c.data.name!r} is not a known data set; choose one "
-                     f"of {sorted(data.DATASETS)}.")
-  wanted, what = _LIKELIHOOD_OF_KIND[data.DATASETS[c.data.name].kind]
+  try:
+    spec = data.config_spec(c)
+  except ValueError as e:
+    raise ValueError(f"config.data.name = {c.data.name!r}: {e}") from None
+  wanted, what = _LIKELIHOOD_OF_KIND[spec.kind]
   if c.model.likelihood != wanted:
     raise ValueError(f"config.model.likelihood = {c.model.likelihood!r} does not fit "
                      f"{c.data.name}, which the model sees as {what}; use "

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
 from sklearn import metrics as skm
 
-__all__ = ["plot_roc", "plot_histograms", "plot_curve", "image_grid"]
+__all__ = ["plot_roc", "plot_histograms", "plot_curve", "image_grid", "labelled_grid"]
 
 
 def _new_figure(figsize: tuple[float, float]):
@@ -125,6 +125,29 @@ def plot_curve(x: np.ndarray, y: np.ndarray, path, xlabel: str, ylabel: str,
   ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.grid(alpha=0.3)
+  fig.tight_layout()
+  _ensure_dir(path)
+  fig.savefig(path, format="png")
+
+
+def labelled_grid(images: np.ndarray, labels: Sequence[str], path, title: str = "",
+                  marked: Optional[Sequence[bool]] = None, ncol: int = 8) -> None:
+  """uint8 images `[N, H, W, C]` (C = 1 or 3) in a grid, each with its label beneath (red
+  where `marked`), saved as PNG at `path`."""
+  x = np.asarray(images)
+  n = len(x)
+  rows = max(1, math.ceil(n / ncol))
+  fig = _new_figure((1.3 * ncol, 1.55 * rows + 0.5))
+  for i in range(n):
+    ax = fig.add_subplot(rows, ncol, i + 1)
+    grey = x.shape[-1] == 1
+    ax.imshow(x[i, ..., 0] if grey else x[i], cmap="gray" if grey else None, vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(labels[i], fontsize=6,
+                  color="red" if marked is not None and marked[i] else "black")
+  fig.suptitle(title, fontsize=8)
   fig.tight_layout()
   _ensure_dir(path)
   fig.savefig(path, format="png")

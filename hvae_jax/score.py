@@ -2,12 +2,14 @@
 
   python -m hvae_jax.score --checkpoint=pretrained/fmnist_hvae_small shirt.png photos/ 'more/*.jpg'
 
-PATHs are image files, folders (searched recursively for .png/.jpg/.jpeg in any case) or
-shell-style globs (`**` spans folders). Each image is converted to the model's input (greyscale
-or RGB, resized to its H x W: see --resize), with one note per kind of conversion. Prints a
-table and writes scores.csv and scores.json to --output: every score per file (ELBO, L^{>k},
-LLR^{>k}, in nats and bits/dim), the verdict at the threshold evaluate.py calibrated, the
-threshold itself and the model.
+PATHs are image files, folders (`folder:PATH` too, the data-set spelling of train.py and
+evaluate.py; searched recursively for PNG/JPEG/BMP/TIFF/WebP files in any case) or shell-style
+globs (`**` spans folders). Each image is converted to the model's input (greyscale or RGB,
+resized to its H x W: see --resize), with one note per kind of conversion. Prints a table
+(or, with --json, the JSON report) and writes scores.csv and scores.json to --output: every
+score per file (ELBO, L^{>k}, LLR^{>k}, in nats and bits/dim), the verdict at the threshold
+evaluate.py calibrated, the threshold itself and the model. --csv=FILE also writes the
+per-image CSV evaluate.py writes for each set (`<set>_scores.csv`).
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from tqdm import tqdm
 
-from hvae_jax import cli, image_files, stat_names
+from hvae_jax import cli, stat_names
+from hvae_jax.data import image_files
 
 if TYPE_CHECKING:  # pragma: no cover
   from hvae_jax.trained import TrainedModel
@@ -57,7 +60,8 @@ def parser() -> argparse.ArgumentParser:
   p = _Parser(prog="python -m hvae_jax.score", allow_abbrev=False,
               description=__doc__.split("\n\n")[0])
   p.add_argument("paths", nargs="+", metavar="PATH",
-                 help="image files, folders (searched recursively for .png/.jpg/.jpeg) or globs")
+                 help="image files, folders or folder:FOLDER (searched recursively for "
+                 f"{'/'.join(image_files.EXTENSIONS)}) or globs")
   p.add_argument("--checkpoint", required=True, help="a training workdir, a step directory in "
                  "its checkpoints/, or a shipped model such as pretrained/fmnist_hvae_small")
   p.add_argument("--output", help="folder for scores.csv and scores.json (default: "
@@ -80,6 +84,10 @@ def parser() -> argparse.ArgumentParser:
                  "e.g. dark objects on a light background for a FashionMNIST model")
   p.add_argument("--skip_bad", action="store_true", help="skip files that cannot be decoded "
                  "as images, with a note, instead of stopping")
+  p.add_argument("--csv", help="also write every file's scores, verdict and what drove it to "
+                 "this CSV file, in the format of evaluate.py's <set>_scores.csv")
+  p.add_argument("--json", action="store_true", help="print the JSON report (as scores.json) "
+                 "instead of the table, for programs")
   p.add_argument("--verbose", action="store_true", help="show the traceback of an error")
   return p
 
@@ -202,17 +210,23 @@ def run(args: argparse.Namespace) -> dict:
   if not os.path.isdir(args.checkpoint):
     raise ValueError(f"--checkpoint={args.checkpoint}: no such folder; pass a training workdir, "
                      "a step directory in its checkpoints/, or pretrained/fmnist_hvae_small")
-  files, passed_over = image_files.find_images(args.paths)
+  if args.csv and (os.path.isdir(args.csv) or not os.access(
+      os.path.dirname(os.path.abspath(args.csv)), os.W_OK)):
+    raise ValueError(f"--csv={args.csv}: cannot write a file there (a folder, or no writable "
+                     "folder of that name); pass a file path in a writable folder")
+  paths = [p.removeprefix("folder:") for p in args.paths]  # the data-set spelling of a folder
+  files, passed_over = image_files.find_images(paths)
   if passed_over:
     _note(f"passed over {passed_over} file{'s' * (passed_over > 1)} in the folders that are not "
           f"{'/'.join(image_files.EXTENSIONS)} (name a file to score it anyway)")
   if not files:
-    raise ValueError(f"no .png/.jpg/.jpeg images in {' '.join(args.paths)} (folders are "
-                     "searched recursively)")
+    raise ValueError(f"no {'/'.join(image_files.EXTENSIONS)} images in {' '.join(paths)} "
+                     "(folders are searched recursively)")
 
   # JAX and the model load only once the paths are known to hold images: a typo fails at once.
   import numpy as np  # pylint: disable=import-outside-toplevel
   from hvae_jax import checkpoints, evaluation, trained as trained_lib  # pylint: disable=import-outside-toplevel
+  from hvae_jax.evaluation import flagged  # pylint: disable=import-outside-toplevel
   try:
     trained = trained_lib.load_model(args.checkpoint)
   except checkpoints.CheckpointError as e:
@@ -231,9 +245,10 @@ def run(args: argparse.Namespace) -> dict:
   s = trained.score(np.stack([c.pixels for _, c in done]), batch_size=args.batch_size,
                     progress=many, **settings)
   th = trained.threshold
-  flags, drivers = [None] * len(done), [None] * len(done)
+  flags, drivers, verdict = [None] * len(done), [None] * len(done), None
   if th:
-    s[th.rule], flags, drivers = th.flags(s)
+    verdict = th.flags(s)
+    s[th.rule], flags, drivers = verdict
   report = {
       "model": os.path.abspath(args.checkpoint),
       "threshold": th and th.brief(),
@@ -247,8 +262,15 @@ def run(args: argparse.Namespace) -> dict:
       "skipped": skipped,
   }
   _write(out_dir, report)
-  _print(report)
-  print(f"Wrote scores.csv and scores.json to {out_dir}")
+  if args.csv:
+    flagged.write_csv(args.csv, [f for f, _ in done], s, verdict)
+  if args.json:
+    print(json.dumps(report, indent=1))
+  else:
+    _print(report)
+  print(f"Wrote scores.csv and scores.json to {out_dir}" + (f", and {args.csv}" if args.csv
+                                                             else ""),
+        file=sys.stderr if args.json else sys.stdout)
   return report
 
 

@@ -171,8 +171,9 @@ def load_model(path: str, config: Optional[ml_collections.ConfigDict] = None) ->
       raise checkpoints.CheckpointError(f"checkpoint {path} has no saved config; pass --config.")
     config = config_lib.from_saved(meta["config"])
   config_lib.validate(config)
-  image_shape = tuple(meta.get("image_shape") or data.DATASETS[config.data.name].image_shape)
-  kind = meta.get("kind") or data.DATASETS[config.data.name].kind
+  spec = data.config_spec(config)
+  image_shape = tuple(meta.get("image_shape") or spec.image_shape)
+  kind = meta.get("kind") or spec.kind
   model = build_model(config, image_shape)
   params = checkpoints.match_params(state["params"], abstract_params(model, image_shape), path,
                                     meta)

@@ -38,12 +38,30 @@ def _verdict_lines(results: dict) -> list[str]:
           f"What drove the default's flags: {drivers or 'nothing flagged'}.", ""]
 
 
+def _flagged_lines(results: dict) -> list[str]:
+  """Per set: how many images the default detector flagged, links to its grids and CSV."""
+  shown = results.get("flagged")
+  if not shown:
+    return []
+  rows = [{"set": name, "flagged": f"{f['flagged']} of {f['images']}",
+           "most OOD-looking": f"[{f['most_ood']}]({f['most_ood']})",
+           "least OOD-looking": f"[{f['least_ood']}]({f['least_ood']})",
+           "every image": f"[{f['csv']}]({f['csv']})"} for name, f in shown.items()]
+  return ["## Flagged images", "",
+          f"By the default detector (`{results['threshold']['detector']}`): the grids show the "
+          f"images with the highest and the lowest detector score (flagged ones labelled red); "
+          f"each CSV has every image's scores, its verdict and what drove it.", "",
+          metrics.markdown_table(rows, list(rows[0])), ""]
+
+
 def markdown_report(results: dict) -> str:
   """Tables shaped like the paper's: bits/dim per bound, metrics per score, the verdicts."""
   in_name = results["in_distribution"]
   lines = [f"# OOD evaluation: {in_name} (in-distribution)", "",
            f"Model: `{results['model']}`; settings: `{json.dumps(results['settings'])}`; "
            f"{_estimator(results['settings'])}.", "",
+           *(["Data sets: " + "; ".join(f"`{n}` = `{d}`" for n, d in results["data_sets"].items())
+              + ".", ""] if results.get("data_sets") else []),
            "## Average bits/dim (paper Table 1)", ""]
   bpd_rows = []
   for tag, row in results["bits_per_dim"].items():
@@ -70,4 +88,5 @@ def markdown_report(results: dict) -> str:
           for n, m in results["train_vs_test"].items()]
   lines += [metrics.markdown_table(rows, ["score", "AUROC", "± SE"]), ""]
   lines += _verdict_lines(results)
+  lines += _flagged_lines(results)
   return "\n".join(lines)

@@ -3,9 +3,11 @@ the verdict and write the report.
 
 `evaluate` is the one path behind `evaluate.py` and `hvae_jax.evaluate`; it writes into the
 output dir: `results.json`, `results.md` (`report.markdown_report`), `roc_<ood>.png`,
-`hist_<ood>.png`, `threshold.json` (the default detector, bound to the model: `thresholds`)
-and per-set score caches (`cache.ScoreCache`: reused only for the same model, images and
-settings).
+`hist_<ood>.png`, `threshold.json` (the default detector, bound to the model: `thresholds`),
+per set the flagged images (`flagged`: `<set>_scores.csv`, `<set>_most_ood.png`,
+`<set>_least_ood.png`) and per-set score caches (`cache.ScoreCache`: reused only for the same
+model, images and settings). Sets are named by `data.short_names` (a folder's base name, ...);
+results.json maps each short name to the data set it names.
 """
 from __future__ import annotations
 
@@ -17,15 +19,11 @@ from typing import Mapping, Optional, Sequence, Union
 import jax
 import numpy as np
 
-from hvae_jax import baselines, cache, data, detectors, lowlevel, metrics, plots, thresholds
-from hvae_jax.evaluation import calibration, report, scoring
+from hvae_jax import baselines, cache, data, detectors, metrics, plots, thresholds
+from hvae_jax.evaluation import calibration, flagged, report, scoring
 from hvae_jax.evaluation.settings import EvalOptions, EvalSettings
 from hvae_jax.scored import ExtraScorer
 from hvae_jax.trained import TrainedModel
-
-# Short names users type for data sets.
-ALIASES = {"svhn": "svhn_cropped", "fmnist": "fashion_mnist"}
-
 
 def orientation(name: str) -> int:
   """+1 if larger = more OOD. Bounds (elbo, lk_*) and log p(x|z) (recon*) are
@@ -55,7 +53,7 @@ def default_output_dir(model_path: str, leaf: str = "eval") -> str:
 
 
 def evaluate(trained: TrainedModel, settings: EvalSettings, options: EvalOptions = EvalOptions(),
-             *, ood: Union[Sequence[str], Mapping[str, np.ndarray]] = ("mnist",),
+             *, ood: Union[Sequence[str], Mapping[str, Union[str, np.ndarray]]] = ("mnist",),
              in_test: Optional[np.ndarray] = None, in_train: Optional[np.ndarray] = None,
              output_dir: Optional[str] = None, data_dir: Optional[str] = None) -> dict:
   """The whole evaluation of `trained`: load the sets, score, report (see `run`).
@@ -64,7 +62,10 @@ def evaluate(trained: TrainedModel, settings: EvalSettings, options: EvalOptions
     trained: the model (`trained.load_model`).
     settings, options: `EvalSettings.from_config` / `EvalOptions.from_config` of the config
       `settings.eval_config` makes.
-    ood: OOD data set names (aliases 'svhn', 'fmnist' accepted), or name -> uint8 images.
+    ood: OOD data sets by any name `data.load_set` reads (registry names, aliases 'svhn',
+      'fmnist', `folder:PATH`, `npz:PATH`, `tfds:NAME`, each with an optional `+shift`),
+      reported under their short names (`data.short_names`); or short name -> uint8 images
+      or such a name. folder:, npz: and tfds: sets are brought to the model's image shape.
     in_test, in_train: uint8 in-distribution images; default the config's test and train
       splits of `config.data.name`.
     output_dir: default `default_output_dir(trained.path)`.
@@ -79,30 +80,34 @@ def evaluate(trained: TrainedModel, settings: EvalSettings, options: EvalOptions
   if d_dir and not os.path.isdir(d_dir):
     raise ValueError(f"data_dir={d_dir!r} is not a folder; point it at the folder with the "
                      f"offline data sets (e.g. ../shared/data).")
+  in_name = data.parse(c.data.name).short
   if isinstance(ood, str):
     ood = (ood,)
-  if not isinstance(ood, Mapping):
-    ood = ["+".join(filter(None, (ALIASES.get(b, b), shift)))
-           for b, shift in map(lowlevel.split_name, ood)]
-    for n in ood:
-      data.get_spec(lowlevel.split_name(n)[0])  # an unknown name fails before any loading
+  # Every name is checked before any loading: an unknown one fails at once.
+  wanted = ({str(n): str(data.parse(v)) if isinstance(v, str) else v for n, v in ood.items()}
+            if isinstance(ood, Mapping) else
+            data.short_names(ood, taken=(in_name, f"{in_name}_test")))
 
-  def load(name: str, split: str) -> np.ndarray:
-    base, shift = lowlevel.split_name(name)
-    x = data.load_images(base, split, d_dir, c.data.source)
-    return lowlevel.apply(x, shift, settings.seed) if shift else x
+  def load(what: Union[str, np.ndarray], split: str) -> data.ImageSet:
+    if not isinstance(what, str):
+      return data.ImageSet(np.asarray(what), [str(i) for i in range(len(what))], "array")
+    return data.load_set(what, split, d_dir, c.data.source, image_shape=trained.image_shape,
+                         seed=settings.seed)
 
-  in_test = trained.check_images(load(c.data.name, c.data.test_split) if in_test is None
-                                 else in_test)
-  in_train = trained.check_images(load(c.data.name, c.data.train_split) if in_train is None
-                                  else in_train)
-  ood_sets = {}
-  for n in ood:
+  test_set = load(c.data.name if in_test is None else in_test, c.data.test_split)
+  in_test = trained.check_images(test_set.images)
+  in_train = trained.check_images(load(c.data.name if in_train is None else in_train,
+                                       c.data.train_split).images)
+  ood_sets, ids = {}, {in_name: test_set.ids}
+  for n, what in wanted.items():
+    loaded = load(what, data.OOD_SPLIT)
     try:
-      ood_sets[str(n)] = trained.check_images(ood[n] if isinstance(ood, Mapping)
-                                              else load(n, "test"))
+      ood_sets[n] = trained.check_images(loaded.images)
     except ValueError as e:
       raise ValueError(f"OOD set {n!r} cannot be scored by this model: {e}") from None
+    ids[n] = loaded.ids
+  sources = {n: what if isinstance(what, str) else "array"
+             for n, what in {in_name: c.data.name, **wanted}.items()}
   score_cache = cache.ScoreCache(out_dir, use=options.use_cache)
   baseline = dataclasses.replace(options.baseline, chunk_size=c.eval.chunk_size,
                                  batch_size=settings.batch_size, seed=settings.seed)
@@ -112,8 +117,8 @@ def evaluate(trained: TrainedModel, settings: EvalSettings, options: EvalOptions
       trained, options.scores, in_train, n_eval, baseline,
       background=options.background, ensemble=options.ensemble, score_cache=score_cache,
       progress=options.progress)
-  results = run(trained, c.data.name, in_test, in_train, ood_sets, settings, out_dir,
-                extra_scores=extra, score_cache=score_cache)
+  results = run(trained, in_name, in_test, in_train, ood_sets, settings, out_dir,
+                extra_scores=extra, score_cache=score_cache, image_ids=ids, data_sets=sources)
   results["output_dir"] = os.path.abspath(out_dir)
   return results
 
@@ -121,7 +126,9 @@ def evaluate(trained: TrainedModel, settings: EvalSettings, options: EvalOptions
 def run(trained: TrainedModel, in_name: str, in_test: np.ndarray, in_train: np.ndarray,
         ood_sets: dict[str, np.ndarray], settings: EvalSettings, out_dir: str,
         extra_scores: Optional[ExtraScorer] = None,
-        score_cache: Optional[cache.ScoreCache] = None) -> dict:
+        score_cache: Optional[cache.ScoreCache] = None,
+        image_ids: Optional[Mapping[str, Sequence[str]]] = None,
+        data_sets: Optional[Mapping[str, str]] = None) -> dict:
   """Scores everything, computes metrics and writes the report; returns the results dict.
 
   `in_train` (a seeded subset of the in-distribution training split, as many as test
@@ -133,13 +140,19 @@ def run(trained: TrainedModel, in_name: str, in_test: np.ndarray, in_train: np.n
   `extra_scores(tag, images)` may add more per-example scores (larger = more OOD, or see
   `orientation`); its `settings` are recorded as results['extra_scores_settings']. Every
   score's throughput (examples/s over all sets, scoring time including compilation) is
-  recorded as results['examples_per_s'].
+  recorded as results['examples_per_s']. `image_ids[set]` names each image of the
+  in-distribution test set (`in_name`) and of each OOD set in its CSV and grids (default: its
+  index); `data_sets` (short name -> the data set it names) goes to results['data_sets'].
   """
   # Several processes score together (each gets every score); process 0 alone writes.
   writes = jax.process_index() == 0
   if writes:
     os.makedirs(out_dir, exist_ok=True)
   score_cache = score_cache or cache.ScoreCache(out_dir)
+  # What names each shown image: the same seeded subset of its ids as of the images.
+  shown = {n: scoring.limit(np.asarray((image_ids or {}).get(n, range(len(x))), str),
+                            settings.max_examples, settings.seed)
+           for n, x in {in_name: in_test, **ood_sets}.items()}
   in_test = scoring.limit(in_test, settings.max_examples, settings.seed)
   # The reference (training images) last: an expensive run has the metrics' sets first.
   sets = {f"{in_name}_test": in_test}
@@ -165,6 +178,7 @@ def run(trained: TrainedModel, in_name: str, in_test: np.ndarray, in_train: np.n
   orient = {n: orientation(n) for n in names}
   results = {"settings": dataclasses.asdict(settings), "model": trained.path,
              "in_distribution": in_name, "bits_per_dim": {}, "ood": {}}
+  results["data_sets"] = dict(data_sets or {})
   if extra_scores is not None:
     results["extra_scores_settings"] = extra_scores.settings
   results["examples_per_s"] = {n: (seconds[n][1] / seconds[n][0]) if seconds.get(n) and
@@ -206,6 +220,9 @@ def run(trained: TrainedModel, in_name: str, in_test: np.ndarray, in_train: np.n
   if not writes:
     return results
   thresholds.write(out_dir, threshold)
+  results["flagged"] = flagged.write_all(out_dir, threshold, {
+      (f"{n}_test" if n == in_name else n): (sets[f"{n}_test"], ids, scores[f"{n}_test"])
+      for n, ids in shown.items()})
   with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
     json.dump({**results, "threshold": threshold.brief()}, f, indent=1)
   with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:

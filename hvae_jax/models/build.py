@@ -28,13 +28,13 @@ def build_model(config: ml_collections.ConfigDict,
                 image_shape: Optional[Sequence[int]] = None) -> HierarchicalModel:
   """The flax module `config.model` describes (HVAE or BIVA), for images `[H, W, C]`.
 
-  `image_shape` defaults to the shape of `config.data.name`'s images. Use the module as any
-  flax module: `model.init(key, x, key)`, `model.apply(variables, x, key, n_skip=k)` for the
+  `image_shape` defaults to the shape of `config.data.name`'s images (`data.config_spec`).
+  Use the module as any flax module: `model.init(key, x, key)`, `model.apply(variables, x, key, n_skip=k)` for the
   bound terms of L^{>k}, `model.apply(variables, key, num, method=model.sample)` for prior
   samples and `model.apply(variables, x, key, n_skip, method=model.reconstruct)`.
   """
   if image_shape is None:
-    image_shape = data.get_spec(config.data.name).image_shape
+    image_shape = data.config_spec(config).image_shape
   m = config.model
   common = dict(image_shape=tuple(int(v) for v in image_shape), likelihood=m.likelihood,
                 num_mix=m.num_mix, activation=m.activation,

@@ -37,10 +37,11 @@ def _make_workdir(workdir: str) -> None:
 
 def load_dataset(config: ml_collections.ConfigDict, split: str,
                  name: Optional[str] = None) -> np.ndarray:
-  """The uint8 images `[N, H, W, C]` of `split` of the config's data set (or `name`)."""
+  """The uint8 images `[N, H, W, C]` of `split` of the config's data set (or `name`), a
+  folder:, npz: or tfds: set brought to the config's image shape (`data.config_spec`)."""
   try:
     return data.load_images(name or config.data.name, split, config.data.data_dir or None,
-                            config.data.source)
+                            config.data.source, image_shape=data.config_spec(config).image_shape)
   except RuntimeError as e:  # tfds could not get the data (offline, ...): the message says why
     raise TrainingError(str(e)) from e
 
@@ -77,7 +78,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   multihost.check_same_config(config)
   _make_workdir(workdir)
   enable_compilation_cache(config.compilation_cache_dir)
-  spec = data.DATASETS[config.data.name]
+  spec = data.config_spec(config)
   kind = spec.kind
   train_images = load_dataset(config, config.data.train_split)
   test_images = load_dataset(config, config.data.test_split)

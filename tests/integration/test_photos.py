@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from hvae_jax import config as config_lib, data, photos, training
+from hvae_jax import config as config_lib, data, training
+from hvae_jax.data import photos
 
 N_TRAIN, N_TEST = 7037, 2062  # the counts README.md gives
 

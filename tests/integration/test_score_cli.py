@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from hvae_jax import api, evaluation, image_files, score
+from hvae_jax import api, evaluation, score
+from hvae_jax.data import image_files
 from tests.helpers import DATA_DIR, REPO, fmnist_slice, mnist_slice
 
 PRETRAINED = os.path.join(REPO, "pretrained", "fmnist_hvae_small")
@@ -233,13 +234,37 @@ def test_without_a_threshold_scores_only_into_workdirs(folder, tmp_path, monkeyp
 
 
 @needs_data
+def test_csv_json_and_the_folder_spelling(folder, tmp_path, capsys):
+  """`folder:PATH` as train.py and evaluate.py spell it; --csv writes evaluate.py's per-image
+  CSV for the files scored; --json prints the report for programs instead of the table."""
+  d, expected = folder
+  out = tmp_path / "flagged.csv"
+  rep = score.main([f"--checkpoint={PRETRAINED}", f"folder:{d}", f"--output={tmp_path / 'out'}",
+                    f"--csv={out}", "--json"])
+  stdout, stderr = capsys.readouterr()
+  assert json.loads(stdout) == json.loads(json.dumps(rep)) and "Wrote" in stderr
+  assert sorted(os.path.relpath(i["file"], d) for i in rep["images"]) == sorted(expected)
+  rows = _rows(out)
+  assert [r["image"] for r in rows] == [i["file"] for i in rep["images"]]
+  assert list(rows[0])[0] == "image"
+  assert list(rows[0])[-3:] == ["detector_score", "verdict", "driven_by"]
+  rule = rep["threshold"]["detector"]
+  for r, i in zip(rows, rep["images"]):
+    assert float(r["llr_k1"]) == pytest.approx(i["scores"]["llr_k1"], rel=1e-6)
+    assert float(r["detector_score"]) == pytest.approx(i["scores"][rule], rel=1e-6)
+    assert r["verdict"] == str(i["verdict"] == "OOD") and r["driven_by"] == i["driven_by"]
+
+
+@needs_data
 @pytest.mark.parametrize("args, message", [
     (["notes.txt"], "notes.txt: cannot be decoded as an image"),
-    (["empty"], "no .png/.jpg/.jpeg images in"),
+    (["empty"], "no .png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp images in"),
     (["*.gif"], "*.gif: no file or folder matches"),
     (["--iw_samples=0", "shirt.png"], "argument --iw_samples: must be an integer >= 1, got '0'"),
     (["--k=9", "shirt.png"], "k=[9] is not allowed: this model has 3 latent layers"),
     (["--checkpoint=nowhere", "shirt.png"], "--checkpoint=nowhere: no such folder"),
+    (["--csv=nowhere/x.csv", "shirt.png"], "--csv=nowhere/x.csv: cannot write a file there"),
+    (["--csv=sub", "shirt.png"], "--csv=sub: cannot write a file there"),
 ])
 def test_bad_input_is_one_clear_error(folder, monkeypatch, args, message):
   d, _ = folder

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hvae_jax import batching, data, download, preprocess
+from hvae_jax import batching, data, preprocess
+from hvae_jax.data import download, idx
 from tests.helpers import idx_bytes
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -146,7 +147,7 @@ def _write_idx(folder: pathlib.Path, split: str, images: np.ndarray, gz: bool) -
 @pytest.fixture()
 def no_system_data(monkeypatch):
   """Tests must not see a Debian-installed /usr/share/datasets/fashion-mnist."""
-  monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", ())
+  monkeypatch.setattr(idx, "SYSTEM_DATA_DIRS", ())
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -171,7 +172,7 @@ def test_idx_files(tmp_path, gz, no_system_data):
 def test_idx_system_dir_and_npz_first(tmp_path, monkeypatch):
   imgs = np.full((3, 28, 28), 7, np.uint8)
   _write_idx(tmp_path / "system" / "fashion-mnist", "test", imgs, gz=True)
-  monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (str(tmp_path / "system"),))
+  monkeypatch.setattr(idx, "SYSTEM_DATA_DIRS", (str(tmp_path / "system"),))
   (tmp_path / "user").mkdir()
   x = data.load_images("fashion_mnist", "test", data_dir=str(tmp_path / "user"))
   np.testing.assert_array_equal(x[..., 0], imgs)

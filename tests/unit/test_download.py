@@ -12,7 +12,8 @@ import threading
 import numpy as np
 import pytest
 
-from hvae_jax import data, download
+from hvae_jax import data
+from hvae_jax.data import download, idx
 from tests.helpers import REPO, idx_bytes
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
@@ -58,7 +59,7 @@ def server(monkeypatch, tmp_path):
   thread.start()
   monkeypatch.setenv(download.MIRROR_ENV, srv.url)
   monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / "cache"))
-  monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", ())
+  monkeypatch.setattr(idx, "SYSTEM_DATA_DIRS", ())
   monkeypatch.setitem(download.FILES, ("fashion_mnist", "test"), download.Remote(
       "t10k-images-idx3-ubyte.gz", len(GOOD), hashlib.sha256(GOOD).hexdigest()))
   yield srv

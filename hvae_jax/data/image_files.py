@@ -1,5 +1,5 @@
-"""Image files to model inputs: find PNG/JPEG files, decode them, convert them to the model's
-mode (greyscale or RGB) and size.
+"""Image files to model inputs: find PNG/JPEG/BMP/TIFF/WebP files, decode them, convert them to
+the model's mode (greyscale or RGB) and size (`to_model`, also for images given as arrays).
 
 Every conversion an image needed is recorded as `(kind, from, to)`, so a caller can say what was
 done once per kind (`conversion_notes`) instead of once per image.
@@ -15,7 +15,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-EXTENSIONS = (".png", ".jpg", ".jpeg")  # what a folder is searched for (any case)
+# What a folder is searched for (any case): the formats Pillow reads that photos and scans use.
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _FILTER = Image.Resampling.LANCZOS
 # --resize: how an image of another size or aspect ratio is brought to the model's H x W.
 RESIZE = {
@@ -58,7 +59,7 @@ def find_images(paths: Sequence[str]) -> tuple[list[str], int]:
   passed over in folders.
 
   A path is a file (taken whatever its extension), a folder (searched recursively for
-  .png/.jpg/.jpeg in any case; hidden files and folders skipped) or a shell-style glob
+  `EXTENSIONS` in any case; hidden files and folders skipped) or a shell-style glob
   (`**` spans folders) whose matches are taken like named files and folders.
   """
   found, seen, passed_over = [], set(), 0
@@ -107,8 +108,6 @@ def load_image(path: str, image_shape: Sequence[int], resize: str = "pad",
   pixels become black (the datasets' background); `resize` is a key of `RESIZE`.
   Raises ImageFileError naming the file if it cannot be decoded.
   """
-  h, w, c = image_shape
-  target = "L" if c == 1 else "RGB"
   done = []
   try:
     # Pillow's DecompressionBombWarning becomes one note, not a raw warning per file.
@@ -121,22 +120,33 @@ def load_image(path: str, image_shape: Sequence[int], resize: str = "pad",
       if getattr(img, "n_frames", 1) > 1:  # GIF, APNG, WebP, TIFF pages: frame 0 is loaded
         done.append(("frames", f"{img.format}, {img.n_frames} frames", "first frame"))
       img.load()
-      source = img.mode
       orientation = img.getexif().get(0x0112, 1)  # the EXIF Orientation tag; 1 = upright
       if orientation != 1:
         img = ImageOps.exif_transpose(img)
         done.append(("exif", str(orientation), "1"))
-      img = _to_8bit(img)
-      if "A" in img.getbands() or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        if rgba.getchannel("A").getextrema()[0] < 255:
-          img = Image.alpha_composite(Image.new("RGBA", img.size, (0, 0, 0, 255)), rgba)
-          done.append(("alpha", "transparent", "black"))
-      if source != target:
-        done.append(("mode", mode_name(source), mode_name(target)))
-      img = img.convert(target)
+      converted = to_model(img, image_shape, resize, invert)
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     raise ImageFileError(f"{path}: cannot be decoded as an image ({e})") from None
+  return converted._replace(conversions=(*done, *converted.conversions))
+
+
+def to_model(img: Image.Image, image_shape: Sequence[int], resize: str = "pad",
+             invert: bool = False) -> Converted:
+  """A decoded image in the model's mode (greyscale or RGB) and size `image_shape` (H, W, C):
+  the rule of `load_image`, for image files and arrays alike."""
+  h, w, c = image_shape
+  target = "L" if c == 1 else "RGB"
+  done = []
+  source = img.mode
+  img = _to_8bit(img)
+  if "A" in img.getbands() or "transparency" in img.info:
+    rgba = img.convert("RGBA")
+    if rgba.getchannel("A").getextrema()[0] < 255:
+      img = Image.alpha_composite(Image.new("RGBA", img.size, (0, 0, 0, 255)), rgba)
+      done.append(("alpha", "transparent", "black"))
+  if source != target:
+    done.append(("mode", mode_name(source), mode_name(target)))
+  img = img.convert(target)
   if invert:
     img = ImageOps.invert(img)
     done.append(("invert", "x", "255 - x"))
