@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Long background CPU run: configs/cifar_hvae.py, then the paper BIVA (configs/cifar_biva.py),
-# trained on real photographs (the offline 'photos' source, hvae_jax/photos.py), each into
+# trained on real photographs (the offline 'photos' source, hvae_jax/data/photos.py), each into
 # $RUNS/photos_<config> outside the work tree. Resumable: rerun the same command and each model
 # continues from its newest checkpoint (train.py resumes its workdir; a finished model only
 # recompiles and exits). Ctrl-C or `kill` saves the step in progress first.

@@ -3,6 +3,7 @@ value and what is allowed, raised before any work starts."""
 from __future__ import annotations
 
 import numbers
+import os
 from typing import Any
 
 
@@ -27,3 +28,19 @@ def example_count(name: str, value: Any) -> int:
     raise ValueError(f"{name}={value!r} is not allowed: give a number of examples >= 1, or -1 "
                      f"for all of them.")
   return int(value)
+
+
+def writable_path(name: str, path: str, folder: bool) -> str:
+  """`path` if a folder (`folder`) or a file can be written there: it is not the other kind,
+  and its nearest existing folder is writable; else ValueError naming `name`. Nothing is
+  created."""
+  wrong = os.path.isfile(path) if folder else os.path.isdir(path)
+  parent = os.path.abspath(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if wrong or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+    why = (f"it is a {'file' if folder else 'folder'}" if wrong else f"{parent} is not a "
+           f"writable folder")
+    raise ValueError(f"{name}={path}: cannot write a {'folder' if folder else 'file'} there "
+                     f"({why}); pass a path in a writable folder.")
+  return path

@@ -33,7 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.name = "fashion_mnist"
   # 'auto' (local .npz if present, else official idx files if found, else
   # downloaded: the official files of FashionMNIST and MNIST, tfds otherwise), 'npz',
-  # 'idx', 'tfds', 'mock' or 'photos' (real photographs, offline); see hvae_jax/data.py.
+  # 'idx', 'tfds', 'mock' or 'photos' (real photographs, offline); see hvae_jax/data/loading.py.
   c.data.source = "auto"
   c.data.data_dir = ""  # '' = $HVAE_DATA_DIR
   c.data.train_split = "train"

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from tqdm import tqdm
 
-from hvae_jax import cli, stat_names
+from hvae_jax import checks, cli, stat_names
 from hvae_jax.data import image_files
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,10 +96,6 @@ def _note(message: str) -> None:
   print(f"note: {message}", file=sys.stderr)
 
 
-def _examples(files: Sequence[str]) -> str:
-  return ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
-
-
 def _samples_text(samples: dict) -> str:
   elbo, lk = samples["iw_samples"], samples["iw_samples_lk"]
   if elbo == lk:
@@ -121,7 +117,7 @@ def _read(files: Sequence[str], args: argparse.Namespace, image_shape: Sequence[
       skipped.append({"file": f, "error": str(e)})
   if skipped:
     _note(f"skipped {len(skipped)} file{'s' * (len(skipped) > 1)} that could not be decoded "
-          f"(--skip_bad): {_examples([s['file'] for s in skipped])}")
+          f"(--skip_bad): {image_files.examples([s['file'] for s in skipped])}")
   if not done:
     raise ValueError(f"none of the {len(files)} files could be decoded as an image")
   return done, skipped
@@ -161,7 +157,8 @@ def _warnings(trained: TrainedModel, args: argparse.Namespace, done: list,
     _note(line)
   light = [f for f, c in done if c.border_mean > _LIGHT_BORDER]
   if trained.image_shape[-1] == 1 and light and not args.invert:
-    print(f"warning: {len(light)} of {len(done)} images have a light border ({_examples(light)}); "
+    print(f"warning: {len(light)} of {len(done)} images have a light border "
+          f"({image_files.examples(light)}); "
           f"this model was trained on light objects on a black background "
           f"({trained.config.data.name}). If yours are dark on light, rerun with --invert.",
           file=sys.stderr)
@@ -210,10 +207,8 @@ def run(args: argparse.Namespace) -> dict:
   if not os.path.isdir(args.checkpoint):
     raise ValueError(f"--checkpoint={args.checkpoint}: no such folder; pass a training workdir, "
                      "a step directory in its checkpoints/, or pretrained/fmnist_hvae_small")
-  if args.csv and (os.path.isdir(args.csv) or not os.access(
-      os.path.dirname(os.path.abspath(args.csv)), os.W_OK)):
-    raise ValueError(f"--csv={args.csv}: cannot write a file there (a folder, or no writable "
-                     "folder of that name); pass a file path in a writable folder")
+  if args.csv:
+    checks.writable_path("--csv", args.csv, folder=False)
   paths = [p.removeprefix("folder:") for p in args.paths]  # the data-set spelling of a folder
   files, passed_over = image_files.find_images(paths)
   if passed_over:

@@ -8,7 +8,8 @@ verified, then renamed. A failed, corrupt or interrupted download leaves nothing
 run could read as data.
 
 Where files go: `$HVAE_CACHE_DIR`, else `$XDG_CACHE_HOME/hvae_jax`, else `~/.cache/hvae_jax`,
-in a folder per data set (`fashion_mnist/`, `mnist/`), the layout `data.py`'s idx reader expects.
+in a folder per data set (`fashion_mnist/`, `mnist/`), the layout `idx.py`'s reader expects.
+Decoded image folders are kept there too, in `folders/` (`folder_cache.py`).
 Where they come from: the mirrors of `MIRRORS` in order, or only `$HVAE_DATA_MIRROR` when set
 (a base URL holding `<name>/<file>`, e.g. a lab's own copy behind a firewall).
 """

@@ -22,11 +22,6 @@ from tqdm import tqdm
 from hvae_jax.data import conform, folder_cache, image_files, splits
 
 SUBFOLDERS = ("train", "test")
-_NAMED = 3  # skipped files named in the note
-
-
-def _examples(files: Sequence[str]) -> str:
-  return ", ".join(files[:_NAMED]) + (", ..." if len(files) > _NAMED else "")
 
 
 def _decode(root: str, files: Sequence[str], image_shape: tuple[int, ...], where: str
@@ -47,7 +42,7 @@ def _decode(root: str, files: Sequence[str], image_shape: tuple[int, ...], where
   notes = image_files.conversion_notes(done, conform.RESIZE)
   if skipped:
     notes.append(f"skipped {len(skipped)} file{'s' * (len(skipped) > 1)} that could not be "
-                 f"decoded as images: {_examples(skipped)}")
+                 f"decoded as images: {image_files.examples(skipped)}")
   return {"images": out[:len(kept)], "files": np.asarray(kept, dtype=str),
           "skipped": np.asarray(skipped, dtype=str), "notes": np.asarray(notes, dtype=str)}
 
@@ -65,7 +60,7 @@ def _read(root: str, files: Sequence[str], image_shape: tuple[int, ...], where: 
     arrays = _decode(root, files, image_shape, where)
     if not len(arrays["files"]):
       raise ValueError(f"{where}: none of its {len(files)} image files could be decoded "
-                       f"({_examples(list(arrays['skipped']))}).")
+                       f"({image_files.examples(list(arrays['skipped']))}).")
     problem = folder_cache.put(digest, arrays)
     kept = (f"kept a decoded copy in {folder_cache.path_of(digest)}" if problem is None else
             f"could not keep a decoded copy ({problem}), so the next run decodes it again")

@@ -50,6 +50,11 @@ class Converted(NamedTuple):
   border_mean: float  # mean pixel on the image's edge before resizing (0 black .. 255 white)
 
 
+def examples(files: Sequence[str], n: int = 3) -> str:
+  """The first `n` of `files`, comma separated, "..." if there are more: for one-line notes."""
+  return ", ".join(files[:n]) + (", ..." if len(files) > n else "")
+
+
 def mode_name(mode: str) -> str:
   return "16-bit greyscale" if mode.startswith("I;16") else _MODE_NAMES.get(mode, mode)
 

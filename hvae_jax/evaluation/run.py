@@ -19,7 +19,7 @@ from typing import Mapping, Optional, Sequence, Union
 import jax
 import numpy as np
 
-from hvae_jax import baselines, cache, data, detectors, metrics, plots, thresholds
+from hvae_jax import baselines, cache, checks, data, detectors, metrics, plots, thresholds
 from hvae_jax.evaluation import calibration, flagged, report, scoring
 from hvae_jax.evaluation.settings import EvalOptions, EvalSettings
 from hvae_jax.scored import ExtraScorer
@@ -80,6 +80,7 @@ def evaluate(trained: TrainedModel, settings: EvalSettings, options: EvalOptions
   if d_dir and not os.path.isdir(d_dir):
     raise ValueError(f"data_dir={d_dir!r} is not a folder; point it at the folder with the "
                      f"offline data sets (e.g. ../shared/data).")
+  checks.writable_path("output folder", out_dir, folder=True)  # before any work is done
   in_name = data.parse(c.data.name).short
   if isinstance(ood, str):
     ood = (ood,)

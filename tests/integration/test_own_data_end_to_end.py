@@ -131,6 +131,9 @@ def test_bad_data_set_names_are_one_clear_line(files, trained_on_folder):
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert len(lines) == 1 and message in lines[0], r.stderr[-2000:]
   assert not os.path.exists(files["root"] / "bad" / "results.json")
+  r = _run("evaluate.py", f"--workdir={trained_on_folder}", f"--output={files['npz']}")
+  assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert "cannot write a folder there (it is a file)" in r.stderr
 
 
 def test_the_api_trains_on_an_array_and_evaluates_arrays_and_names(tmp_path):

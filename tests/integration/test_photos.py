@@ -1,4 +1,4 @@
-"""The 'photos' source (hvae_jax/photos.py): real photographs as CIFAR-shaped patches, a
+"""The 'photos' source (hvae_jax/data/photos.py): real photographs as CIFAR-shaped patches, a
 region-disjoint split, and small CIFAR-shaped HVAE and BIVA models training on them."""
 import json
 import os

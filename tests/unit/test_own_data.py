@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hvae_jax import config as config_lib, data
+from hvae_jax import checks, config as config_lib, data
 from hvae_jax.data import conform, folder_cache, image_files, npz, splits
 
 
@@ -307,3 +307,16 @@ def test_a_low_level_shift_applies_to_any_source(mixed, cache):
   d, a = mixed
   x = data.load_images(f"folder:{d}+invert", "all", image_shape=(28, 28, 1))
   np.testing.assert_array_equal(x[0, ..., 0], 255 - a)
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path):
+  (tmp_path / "file").write_text("x")
+  assert checks.writable_path("--csv", str(tmp_path / "new" / "x.csv"), folder=False)
+  assert checks.writable_path("--output", str(tmp_path / "a" / "b"), folder=True)
+  with pytest.raises(ValueError, match="--csv=.*: cannot write a file there \\(it is a folder\\)"):
+    checks.writable_path("--csv", str(tmp_path), folder=False)
+  with pytest.raises(ValueError, match="cannot write a folder there \\(it is a file\\)"):
+    checks.writable_path("--output", str(tmp_path / "file"), folder=True)
+  with pytest.raises(ValueError, match="file is not a writable folder"):
+    checks.writable_path("--csv", str(tmp_path / "file" / "x.csv"), folder=False)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing created
