@@ -31,12 +31,12 @@ def example_count(name: str, value: Any) -> int:
 
 
 def writable_path(name: str, path: str, folder: bool) -> str:
-  """`path` if a folder (`folder`) or a file can be written there: it is not the other kind,
-  and its nearest existing folder is writable; else ValueError naming `name`. Nothing is
-  created."""
+  """`path` if a folder (`folder`, made with its parents later) or a file can be written there:
+  it is not the other kind, and its nearest existing folder (for a file: its own folder, which
+  must exist) is writable; else ValueError naming `name`. Nothing is created."""
   wrong = os.path.isfile(path) if folder else os.path.isdir(path)
-  parent = os.path.abspath(path)
-  while not os.path.exists(parent):
+  parent = os.path.abspath(path) if folder else os.path.dirname(os.path.abspath(path))
+  while folder and not os.path.exists(parent):
     parent = os.path.dirname(parent)
   if wrong or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
     why = (f"it is a {'file' if folder else 'folder'}" if wrong else f"{parent} is not a "

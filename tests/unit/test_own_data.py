@@ -311,7 +311,9 @@ def test_a_low_level_shift_applies_to_any_source(mixed, cache):
 
 def test_output_paths_are_checked_before_any_work(tmp_path):
   (tmp_path / "file").write_text("x")
-  assert checks.writable_path("--csv", str(tmp_path / "new" / "x.csv"), folder=False)
+  assert checks.writable_path("--csv", str(tmp_path / "x.csv"), folder=False)
+  with pytest.raises(ValueError, match="new is not a writable folder"):  # a file's folder must exist
+    checks.writable_path("--csv", str(tmp_path / "new" / "x.csv"), folder=False)
   assert checks.writable_path("--output", str(tmp_path / "a" / "b"), folder=True)
   with pytest.raises(ValueError, match="--csv=.*: cannot write a file there \\(it is a folder\\)"):
     checks.writable_path("--csv", str(tmp_path), folder=False)
