@@ -5,13 +5,12 @@ Override any knob from the command line, e.g. --config.train.batch_size=64.
 Ctrl-C saves the last completed step and stops; a second Ctrl-C quits without saving.
 """
 import os
-import signal
 from typing import Optional
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hvae_jax import cli, config as config_lib, data, multihost
+from hvae_jax import cli, config as config_lib, data, interrupts, multihost
 from hvae_jax.config import DEFAULT_WORKDIR
 
 FLAGS = flags.FLAGS
@@ -64,31 +63,30 @@ def main(argv):
     if problem:
       raise ValueError(problem)
     config_lib.validate(config)  # again in train_and_evaluate; here before JAX starts up
-  # Until the training loop takes over, SIGTERM stops the start-up as Ctrl-C does, with one line.
-  previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-  try:
-    # RuntimeError, ValueError: no coordinator found or reachable.
-    with cli.errors_to_exit((RuntimeError, ValueError), FLAGS.verbose):
-      import jax  # pylint: disable=import-outside-toplevel
-      multihost.initialize_from_flags()
-      from hvae_jax import checkpoints, training  # pylint: disable=import-outside-toplevel
-      print(f"JAX devices: {jax.devices()}")  # starts the backends: seconds on some machines
-  except KeyboardInterrupt:
-    print("Interrupted during start-up, before training began; rerun the same command.")
-    raise SystemExit(130) from None
-  finally:
-    signal.signal(signal.SIGTERM, previous)
-  if FLAGS.data_dir:
-    config.data.data_dir = FLAGS.data_dir
-  try:
-    with cli.errors_to_exit((ValueError, OSError, training.TrainingError,
-                             checkpoints.CheckpointError), FLAGS.verbose):
-      training.train_and_evaluate(config, FLAGS.workdir)
-  except KeyboardInterrupt:
-    if FLAGS.verbose:
-      raise
-    raise SystemExit(130) from None  # the training loop has said what was saved
-
+  # SIGTERM stops the start-up as Ctrl-C does, from before JAX loads until the training loop's
+  # own handler takes over (it hands this one back), so no moment of the run dies silently.
+  with interrupts.InterruptOnSigterm():
+    try:
+      # RuntimeError, ValueError: no coordinator found or reachable.
+      with cli.errors_to_exit((RuntimeError, ValueError), FLAGS.verbose):
+        import jax  # pylint: disable=import-outside-toplevel
+        multihost.initialize_from_flags()
+        from hvae_jax import checkpoints, training  # pylint: disable=import-outside-toplevel
+        print(f"JAX devices: {jax.devices()}")  # starts the backends: seconds on some machines
+      if FLAGS.data_dir:
+        config.data.data_dir = FLAGS.data_dir
+      with cli.errors_to_exit((ValueError, OSError, training.TrainingError,
+                               checkpoints.CheckpointError), FLAGS.verbose):
+        training.train_and_evaluate(config, FLAGS.workdir)
+    except interrupts.Interrupted:
+      if FLAGS.verbose:
+        raise
+      raise SystemExit(130) from None  # the training loop has said what was saved
+    except KeyboardInterrupt:
+      if FLAGS.verbose:
+        raise
+      print("Interrupted during start-up, before training began; rerun the same command.")
+      raise SystemExit(130) from None
 
 if __name__ == "__main__":
   app.run(main, flags_parser=cli.parse_flags_or_exit)

@@ -17,10 +17,10 @@ from tqdm import tqdm
 
 from hvae_jax import (batching, checkpoints, config as config_lib, data, host_memory, multihost,
                       plots, preprocess, sharding)
+from hvae_jax.interrupts import InterruptOnSigterm, Interrupted, StopOnInterrupt
 from hvae_jax.compilation_cache import enable_compilation_cache
 from hvae_jax.models import build_model
-from hvae_jax.training.guards import (InterruptOnSigterm, NonFiniteSteps, StopOnInterrupt,
-                                     TrainingError)
+from hvae_jax.training.guards import NonFiniteSteps, TrainingError
 from hvae_jax.training.metric_log import MetricWriter, read_scalars
 from hvae_jax.training.state import TrainState, checkpoint_metadata, initial_state
 from hvae_jax.training.step import (compile_train_step, evaluate_bpd, make_data_parallel,
@@ -49,8 +49,9 @@ def load_dataset(config: ml_collections.ConfigDict, split: str,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config` in `workdir`, resuming from its newest intact checkpoint if there is one.
 
-  Ctrl-C or SIGTERM saves the last completed step and stops (KeyboardInterrupt); a second one
-  quits without saving; during the start-up they stop at once, with nothing to save. With several
+  Ctrl-C or SIGTERM saves the last completed step and stops; a second one quits without
+  saving; during the start-up they stop at once, with nothing to save. Each way prints one
+  `Interrupted...` line and raises `interrupts.Interrupted` (a KeyboardInterrupt). With several
   processes (after `jax.distributed.initialize()`) every one calls this with the same config and
   a shared `workdir`; each reads only its rows of every global batch, and process 0 alone writes
   the logs, samples and config.json. A signal to any of them during training stops all at one
@@ -60,11 +61,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   try:
     with startup:
       return _train_and_evaluate(config, workdir, startup)
-  except KeyboardInterrupt:
+  except Interrupted:
+    raise
+  except KeyboardInterrupt as err:
     if startup.active:
       print(f"Interrupted during start-up, before the first training step: nothing to save; "
             f"rerun the same command to start (or resume) in {workdir}.", flush=True)
-    raise
+    else:  # after the last step, while the final save and the logs were being finished
+      print(f"Interrupted after the last step, while finishing the final save and logs: rerun "
+            f"the same command; it resumes from the newest intact checkpoint in {workdir}.",
+            flush=True)
+    raise Interrupted from err
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -162,7 +169,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             saved_on_interrupt = True
             bar.write(f"Interrupted: saved step {done} in {workdir}; rerun the same command "
                       "to resume.")
-            raise KeyboardInterrupt
+            raise Interrupted
           if eval_now:
             bpd = evaluate_bpd(eval_fn, state.params, test_x, config.eval.batch_size, eval_key)
             writer.write(done, "test", {"bpd": bpd, "epoch": done / steps_per_epoch})
@@ -178,10 +185,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           if save_now:
             ckpt.save(done, state, metadata)
             last_saved = done
-    except KeyboardInterrupt:
-      if not saved_on_interrupt:
-        saved = f"step {last_saved}" if last_saved is not None else "none"
-        bar.write(f"Interrupted: quit without saving; the last checkpoint in {workdir} is "
-                  f"{saved}.")
-      raise
+    except KeyboardInterrupt as err:
+      if saved_on_interrupt:
+        raise
+      saved = f"step {last_saved}" if last_saved is not None else "none"
+      bar.write(f"Interrupted: quit without saving; the last checkpoint in {workdir} is "
+                f"{saved}.")
+      raise Interrupted from err
   return state

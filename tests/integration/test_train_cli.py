@@ -123,3 +123,27 @@ def test_sigterm_during_start_up_says_interrupted(tmp_path):
   assert "Traceback" not in err, err
   assert not os.path.isdir(tmp_path / "run" / "checkpoints") or not os.listdir(
       tmp_path / "run" / "checkpoints")
+
+
+def test_sigterm_between_start_up_and_the_training_loop_says_interrupted(tmp_path):
+  """SIGTERM at the hand-over from train.py's start-up to the training loop's own handler (here
+  at the very call of train_and_evaluate, before its guard): one start-up line and exit 130,
+  never the default disposition's silent exit 143."""
+  script = (
+      "import os, signal, sys, time\n"
+      f"sys.path.insert(0, {REPO!r})\n"
+      f"sys.argv = ['train.py', '--config=configs/tiny.py', '--workdir={tmp_path / 'run'}']\n"
+      "from absl import app\n"
+      "import train\n"
+      "from hvae_jax import cli, training\n"
+      "def at_the_hand_over(config, workdir):\n"
+      "  os.kill(os.getpid(), signal.SIGTERM)\n"
+      "  time.sleep(60)\n"
+      "training.train_and_evaluate = at_the_hand_over\n"
+      "app.run(train.main, flags_parser=cli.parse_flags_or_exit)\n")
+  r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                     env={**os.environ, "HVAE_DATA_DIR": DATA_DIR}, timeout=300, check=False)
+  assert r.returncode == 130, (r.stdout, r.stderr)
+  interrupted = [l for l in r.stdout.splitlines() if l.startswith("Interrupted")]
+  assert len(interrupted) == 1 and "during start-up" in interrupted[0], r.stdout
+  assert "Traceback" not in r.stderr, r.stderr
