@@ -12,11 +12,14 @@ repetitions, and prints ours/reference throughput ratios for
 
   - a train step (forward, ELBO with free bits and KL warm-up, backward, Adam), batch 128;
   - the one-sample ELBO at the evaluation batch (500, ood-llr.py's default);
-  - every score at once, ELBO + L^{>1} + L^{>2} (one sample). Ours: one `make_score_fn` call
-    (the bottom-up pass is shared by every k). Reference: one ELBO pass + one pass per k, the
-    passes ood-llr.py makes (it credits the reference with one ELBO pass shared by both k;
+  - every score at once, ELBO + L^{>1} + L^{>2} (one sample). Ours: one call of
+    `ood.make_image_score_fn`, what TrainedModel.score and evaluate.py run (each image with its
+    own key; at most --max_passes image passes in flight, the batch scored in groups past
+    that; with skip_inference='sample' one bottom-up pass serves every k, with the paper
+    configs' 'mean' each k has its own, as in the reference). Reference: one ELBO pass + one pass per k,
+    the passes ood-llr.py makes (it credits the reference with one ELBO pass shared by both k;
     running ood-llr.py once per k, as the script is written, would make 2 passes per k);
-  - LLR^{>k} for every k with S = 1, 10, 100 importance samples. Ours: `make_score_fn` with
+  - LLR^{>k} for every k with S = 1, 10, 100 importance samples. Ours: the same scorer with
     `iw_samples_elbo = iw_samples_lk = S` (samples vmapped in chunks, folded with logaddexp).
     Reference: ood-llr.py's method, a Python loop of S sequential forward passes per term
     (ELBO, L^{>1}, L^{>2}), `torch.stack`, `oodd.utils.log_sum_exp`. Reference runs with
@@ -178,7 +181,8 @@ def ours_main(a):
 
   sys.path.insert(0, REPO)
   from bench.train_step import load_config  # pylint: disable=import-outside-toplevel
-  from hvae_jax import data, host_memory, ood, preprocess, sharding, training  # pylint: disable=import-outside-toplevel
+  from hvae_jax import (data, host_memory, image_keys, ood, preprocess, sharding,  # pylint: disable=import-outside-toplevel
+                        trained, training)
   from hvae_jax.layers import count_params  # pylint: disable=import-outside-toplevel
   from hvae_jax.models import build_model  # pylint: disable=import-outside-toplevel
 
@@ -237,17 +241,19 @@ def ours_main(a):
     return emit(res)
 
   n_x = max(a.eval_batch, a.llr_batch, a.iw_batch)
-  x_all = preprocess.eval_input(rng.integers(0, 256, (n_x, *spec.image_shape), dtype=np.uint8),
-                                spec.kind, 0)
+  pixels = rng.integers(0, 256, (n_x, *spec.image_shape), dtype=np.uint8)
+  x_all = preprocess.eval_input(pixels, spec.kind, 0)
+  key_data = image_keys.key_data(pixels, 0)
+  ood_ks = tuple(range(1, ood.max_k(model) + 1))
   params = training.init_state(model, c, x_all[:128]).params
   res["n_params"] = count_params(params)
   key = jax.random.key(2)
   res["rss_after_mb"] = {"init": max_rss_mb()}
 
-  def measure(name, jitted, x, warmup, iters):
+  def measure(name, jitted, x, warmup, iters, keys=key):
     x = jax.device_put(x)
-    fn = compile_fn(name, jitted, params, x, key)
-    r = with_rate(time_calls(lambda: jax.block_until_ready(fn(params, x, key)), warmup, iters),
+    fn = compile_fn(name, jitted, params, x, keys)
+    r = with_rate(time_calls(lambda: jax.block_until_ready(fn(params, x, keys)), warmup, iters),
                   x.shape[0])
     res[name] = r
     res["rss_after_mb"][name] = max_rss_mb()
@@ -257,10 +263,16 @@ def ours_main(a):
   if a._stage == "eval":
     x = x_all[:a.eval_batch]
     measure("eval_elbo", training.make_eval_fn(model), x, a.eval_warmup, a.eval_iters)
-    measure("all_k", ood.make_score_fn(model), x, a.eval_warmup, a.eval_iters)
+    # What TrainedModel.score and evaluate.py run: each image alone with its own key, at most
+    # max_passes image passes in flight.
+    max_passes = trained.max_passes_for(a.max_passes)
+    res["max_passes"] = max_passes
+    image_fn = lambda s: ood.make_image_score_fn(model, ood_ks, s, s, a.chunk, max_passes,
+                                                 jax.device_count())
+    measure("all_k", image_fn(1), x, a.eval_warmup, a.eval_iters, key_data[:a.eval_batch])
     for s in a.llr_s:
-      fn = ood.make_score_fn(model, iw_samples_elbo=s, iw_samples_lk=s, chunk_size=a.chunk)
-      measure(f"llr_S{s}", fn, x_all[:a.llr_batch], *llr_reps(s, a))
+      measure(f"llr_S{s}", image_fn(s), x_all[:a.llr_batch], *llr_reps(s, a),
+              keys=key_data[:a.llr_batch])
   elif a._stage == "iw":
     x = x_all[:a.iw_batch]
     for s in (a.chunk, a.iw_s):  # one chunk, then many chunks: same peak memory
@@ -364,7 +376,7 @@ def busy_cores(seconds: float = 3.0) -> float:
 def child_args(a, role, stage) -> list[str]:
   keys = ["config", "threads", "train_batch", "train_warmup", "train_iters", "eval_batch",
           "eval_warmup", "eval_iters", "llr_batch", "llr_iters", "ref_max_s", "iw_batch",
-          "iw_s", "chunk", "ref_bench", "device"]
+          "iw_s", "chunk", "max_passes", "ref_bench", "device"]
   out = [os.path.abspath(__file__), "--_role", role, "--_stage", stage]
   for k in keys:
     out += [f"--{k}", str(getattr(a, k))]
@@ -598,6 +610,9 @@ def main():
   ap.add_argument("--iw_batch", type=int, help="batch of our IW S=1000 run (default 20)")
   ap.add_argument("--iw_s", type=int, help="samples of our bounded-memory IW run (default 1000)")
   ap.add_argument("--chunk", type=int, default=16, help="our IW chunk size (samples vmapped)")
+  ap.add_argument("--max_passes", type=int, default=0,
+                  help="our image passes in flight while scoring, as config.eval.max_passes "
+                       "(0 = automatic: 256 on CPU; -1 = no bound)")
   ap.add_argument("--jax_devices", type=int, default=1,
                   help="CPU devices for JAX (xla_force_host_platform_device_count)")
   ap.add_argument("--xla_flags", default="", help="extra XLA_FLAGS for our side")

@@ -103,6 +103,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.iw_samples_elbo = 1
   c.eval.iw_samples_lk = 1
   c.eval.chunk_size = 16
+  # Image passes (one image, one bound, one sample) in flight while scoring: a batch is scored
+  # in groups, one after another, to stay below it (the same scores). 0 = automatic (256 on a
+  # CPU host, no bound on GPU/TPU); -1 = no bound.
+  c.eval.max_passes = 0
   # The verdict's per-input rule (hvae_jax.detectors). dose_gmm_elbo, a Gaussian mixture
   # (size by BIC) over the ELBO pass's per-layer terms (log p(x|z), KL per latent), was chosen
   # by the rule stated in docs/RESULTS.md ("Choosing the default detector") on generated
@@ -240,6 +244,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if not 0.0 <= c.data.perturb_rate <= 1.0:
     raise ValueError(f"config.data.perturb_rate is a probability in [0, 1], got "
                      f"{c.data.perturb_rate!r}.")
+  if not (isinstance(c.eval.max_passes, int) and c.eval.max_passes >= -1):
+    raise ValueError(f"config.eval.max_passes must be an integer >= -1 (0 = automatic, -1 = no "
+                     f"bound), got {c.eval.max_passes!r}.")
   try:
     blocks = [[tuple(int(v) for v in b) for b in stage] for stage in c.model.blocks]
     latents = [(str(kind), int(n)) for kind, n in c.model.latents]

@@ -160,19 +160,57 @@ def make_score_fn(model: nn.Module, ks: Sequence[int] | None = None, iw_samples_
   return jax.jit(fn)
 
 
+def passes_per_image(ks: Sequence[int], iw_samples_elbo: int, iw_samples_lk: int,
+                     chunk_size: int) -> int:
+  """Forward passes of one image in flight at once: every bound (the ELBO and each L^{>k})
+  times the samples of one chunk (an upper bound when the two sample counts differ)."""
+  return (1 + len(ks)) * max(1, min(chunk_size, max(iw_samples_elbo, iw_samples_lk)))
+
+
+def sequential_groups(batch: int, devices: int, per_image: int, max_passes: int) -> int:
+  """Into how many equal groups, scored one after another, a batch of `batch` images (split
+  evenly over `devices`) is cut so that at most `max_passes` image passes are in flight (0:
+  no bound, one group): the fewest whose group, a multiple of `devices`, fits; one image per
+  device at worst."""
+  per_device = batch // devices
+  if max_passes <= 0 or batch * per_image <= max_passes:
+    return 1
+  return next((g for g in range(1, per_device + 1)
+               if per_device % g == 0 and devices * (per_device // g) * per_image <= max_passes),
+              per_device)
+
+
 def make_image_score_fn(model: nn.Module, ks: Sequence[int], iw_samples_elbo: int = 1,
-                        iw_samples_lk: int = 1, chunk_size: int = 16):
+                        iw_samples_lk: int = 1, chunk_size: int = 16, max_passes: int = 0,
+                        devices: int = 1):
   """A jitted `fn(params, x, key_data) -> {name: [batch]}` (names as `flatten_scores`) that
   scores every image of `x` `[batch, H, W, C]` alone, with its own key from `key_data`
-  `[batch, 2]` (`image_keys.key_data`): an image's scores do not depend on its batch."""
+  `[batch, 2]` (`image_keys.key_data`): an image's scores do not depend on its batch.
+
+  With `max_passes` > 0 the batch (split over `devices`) is scored in equal groups one after
+  another (`lax.map`) so that at most that many image passes (`passes_per_image`) are in
+  flight: memory bounded whatever the batch size, and the same scores, since every image has
+  its own key. Image i goes to group i % groups, so each group keeps the batch's split over
+  the devices.
+  """
   ks = tuple(ks)
+  per_image = passes_per_image(ks, iw_samples_elbo, iw_samples_lk, chunk_size)
 
   def one(params, xi, key):
     s = scores(model, params, xi[None], key, ks, iw_samples_elbo, iw_samples_lk, chunk_size)
     return {n: v[0] for n, v in flatten_scores(s, ks, model).items()}
 
-  def fn(params, x, key_data):
+  def score_all(params, x, key_data):
     return jax.vmap(one, in_axes=(None, 0, 0))(params, x, image_keys.sampling_keys(key_data))
+
+  def fn(params, x, key_data):
+    n = x.shape[0]
+    groups = sequential_groups(n, devices, per_image, max_passes)
+    if groups == 1:
+      return score_all(params, x, key_data)
+    split = lambda a: a.reshape(n // groups, groups, *a.shape[1:]).swapaxes(0, 1)
+    out = jax.lax.map(lambda xk: score_all(params, *xk), (split(x), split(key_data)))
+    return jax.tree_util.tree_map(lambda v: v.swapaxes(0, 1).reshape(n, *v.shape[2:]), out)
   return jax.jit(fn)
 
 

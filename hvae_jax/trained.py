@@ -9,14 +9,28 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
 from hvae_jax import (batching, cache, checkpoints, checks, config as config_lib, data, image_keys,
-                      ood, preprocess, thresholds)
+                      ood, preprocess, sharding, thresholds)
 from hvae_jax.models import abstract_params, build_model
 
+# Image passes in flight while scoring on a CPU host (config.eval.max_passes = 0): the paper
+# model's scratch memory stays near that of one S = 1 batch of 64 images with every k, at the
+# throughput of unbounded batches (bench/RESULTS.md).
+CPU_MAX_PASSES = 256
+
+
+def max_passes_for(setting: int) -> int:
+  """The bound on image passes in flight for config.eval.max_passes = `setting` (0 = no bound
+  returned): automatic for 0, `CPU_MAX_PASSES` on a CPU host, where memory is what runs out,
+  and no bound on GPUs and TPUs, where large batches keep the chip busy; -1 = no bound."""
+  if setting == 0:
+    return CPU_MAX_PASSES if jax.default_backend() == "cpu" else 0
+  return max(setting, 0)
 
 
 @dataclasses.dataclass
@@ -68,12 +82,18 @@ class TrainedModel:
 
   def score_fn(self, ks: Sequence[int], iw_samples_elbo: int, iw_samples_lk: int, chunk_size: int):
     """The jitted `(params, x, key_data) -> {name: [batch]}` per-image scorer for these
-    settings (`ood.make_image_score_fn`), built once and reused."""
-    sig = (tuple(ks), iw_samples_elbo, iw_samples_lk, chunk_size)
+    settings (`ood.make_image_score_fn`, with `max_passes()` in flight), built once and
+    reused."""
+    mesh = self.mesh if self.mesh is not None else sharding.make_data_mesh()
+    sig = (tuple(ks), iw_samples_elbo, iw_samples_lk, chunk_size, self.max_passes(), mesh.size)
     if sig not in self._fns:
       self._fns[sig] = ood.make_image_score_fn(self.model, ks, iw_samples_elbo, iw_samples_lk,
-                                               chunk_size)
+                                               chunk_size, *sig[-2:])
     return self._fns[sig]
+
+  def max_passes(self) -> int:
+    """Image passes in flight while scoring: `max_passes_for(config.eval.max_passes)`."""
+    return max_passes_for(int(self.config.eval.max_passes))
 
   def default_ks(self) -> tuple[int, ...]:
     return tuple(self.config.eval.ks) or tuple(range(1, ood.max_k(self.model) + 1))

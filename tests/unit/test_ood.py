@@ -1,9 +1,12 @@
-"""OOD scores: L^{>0} is the ELBO, vmap over k equals a loop, IW bounds, chunking."""
+"""OOD scores: L^{>0} is the ELBO, vmap over k equals a loop, IW bounds, chunking, bounded
+passes in flight."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from hvae_jax import objectives, ood, preprocess
+from hvae_jax import (config as config_lib, image_keys, objectives, ood, preprocess, sharding,
+                      trained)
 from tests.helpers import check_terms_sum_back, fmnist_slice, tiny_model_and_params
 
 
@@ -63,7 +66,6 @@ def test_iw_bound_increases_with_samples_in_expectation():
 
 def test_score_fn_rejects_bad_k():
   model, params, x = _setup()
-  import pytest  # pylint: disable=import-outside-toplevel
   with pytest.raises(ValueError, match="k must lie"):
     ood.scores(model, params, x, jax.random.key(0), ks=(3,))
 
@@ -126,3 +128,49 @@ def test_importance_weighted_terms_are_the_weighted_mean_of_the_samples():
   w = jax.nn.softmax(ood.bound_of(one), axis=0)[..., None]
   np.testing.assert_allclose(t, (w * one).sum(0), rtol=1e-4, atol=1e-3)  # float32 mixing
   assert bool(jnp.all(ood.bound_of(t) >= b - 1e-3))
+
+
+def test_sequential_groups_fit_the_bound_and_keep_the_device_split():
+  for batch, devices, per_image, max_passes in [(500, 1, 4, 256), (500, 2, 4, 256),
+                                                (100, 2, 30, 256), (12, 2, 3, 7), (7, 1, 5, 1)]:
+    g = ood.sequential_groups(batch, devices, per_image, max_passes)
+    per_device = batch // devices
+    assert per_device % g == 0  # equal groups, each split evenly over the devices
+    group = batch // g
+    assert group * per_image <= max_passes or group == devices  # one image per device at worst
+    fewer = [h for h in range(1, g) if per_device % h == 0]
+    assert all(devices * (per_device // h) * per_image > max_passes for h in fewer)  # fewest
+  assert ood.sequential_groups(500, 1, 4, 0) == 1  # 0: no bound
+  assert ood.sequential_groups(50, 1, 4, 1000) == 1  # fits: one group
+
+
+def test_bounded_passes_give_the_same_per_image_scores():
+  """Scoring a batch in groups one after another (max_passes) changes no image's scores: each
+  image has its own key. On every device of the test session (2 with the test command)."""
+  model, params = tiny_model_and_params()
+  images = fmnist_slice(8)
+  x = preprocess.eval_binarize(images, 0)
+  keys = image_keys.key_data(images, 0)
+  mesh = sharding.make_data_mesh()
+  xs, ks_ = sharding.global_batch(np.asarray(x), mesh), sharding.global_batch(keys, mesh)
+  for iw_e, iw_l in ((1, 1), (3, 1)):
+    kw = dict(ks=(1, 2), iw_samples_elbo=iw_e, iw_samples_lk=iw_l, chunk_size=2)
+    per_image = ood.passes_per_image(kw["ks"], iw_e, iw_l, 2)
+    assert ood.sequential_groups(8, mesh.size, per_image, 2 * per_image) > 1  # really in groups
+    full = ood.make_image_score_fn(model, **kw)(params, xs, ks_)
+    grouped = ood.make_image_score_fn(model, **kw, max_passes=2 * per_image,
+                                      devices=mesh.size)(params, xs, ks_)
+    assert set(grouped) == set(full)
+    for name in full:
+      np.testing.assert_allclose(np.asarray(grouped[name]), np.asarray(full[name]), rtol=1e-5,
+                                 atol=1e-4, err_msg=name)
+
+
+def test_max_passes_setting_automatic_explicit_or_none():
+  cpu = jax.default_backend() == "cpu"
+  assert trained.max_passes_for(0) == (trained.CPU_MAX_PASSES if cpu else 0)  # automatic
+  assert trained.max_passes_for(100) == 100 and trained.max_passes_for(-1) == 0  # -1: no bound
+  c = config_lib.base_config()
+  c.eval.max_passes = -2
+  with pytest.raises(ValueError, match="eval.max_passes must be an integer >= -1"):
+    config_lib.validate(c)
