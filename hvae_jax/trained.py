@@ -19,8 +19,8 @@ from hvae_jax import (batching, cache, checkpoints, checks, config as config_lib
 from hvae_jax.models import abstract_params, build_model
 
 # Image passes in flight while scoring on a CPU host (config.eval.max_passes = 0): for the
-# paper model, about 85 images with the ELBO and both L^{>k} at S = 1 per group, a scratch of
-# about 140 MB instead of gigabytes, at the throughput of unbounded batches (bench/RESULTS.md).
+# paper model, groups of up to 85 images with the ELBO and both L^{>k} at S = 1; scratch
+# memory and throughput against unbounded batches in bench/RESULTS.md.
 CPU_MAX_PASSES = 256
 
 
