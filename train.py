@@ -78,15 +78,13 @@ def main(argv):
       with cli.errors_to_exit((ValueError, OSError, training.TrainingError,
                                checkpoints.CheckpointError), FLAGS.verbose):
         training.train_and_evaluate(config, FLAGS.workdir)
-    except interrupts.Interrupted:
+    except KeyboardInterrupt as err:
       if FLAGS.verbose:
         raise
-      raise SystemExit(130) from None  # the training loop has said what was saved
-    except KeyboardInterrupt:
-      if FLAGS.verbose:
-        raise
-      print("Interrupted during start-up, before training began; rerun the same command.")
+      if not isinstance(err, interrupts.Interrupted):  # else the loop has said what was saved
+        print("Interrupted during start-up, before training began; rerun the same command.")
       raise SystemExit(130) from None
+
 
 if __name__ == "__main__":
   app.run(main, flags_parser=cli.parse_flags_or_exit)

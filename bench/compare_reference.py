@@ -16,9 +16,10 @@ repetitions, and prints ours/reference throughput ratios for
     `ood.make_image_score_fn`, what TrainedModel.score and evaluate.py run (each image with its
     own key; at most --max_passes image passes in flight, the batch scored in groups past
     that; with skip_inference='sample' one bottom-up pass serves every k, with the paper
-    configs' 'mean' each k has its own, as in the reference). Reference: one ELBO pass + one pass per k,
-    the passes ood-llr.py makes (it credits the reference with one ELBO pass shared by both k;
-    running ood-llr.py once per k, as the script is written, would make 2 passes per k);
+    configs' 'mean' each k has its own, as in the reference). Reference: one ELBO pass + one
+    pass per k, the passes ood-llr.py makes (it credits the reference with one ELBO pass
+    shared by both k; running ood-llr.py once per k, as the script is written, would make 2
+    passes per k);
   - LLR^{>k} for every k with S = 1, 10, 100 importance samples. Ours: the same scorer with
     `iw_samples_elbo = iw_samples_lk = S` (samples vmapped in chunks, folded with logaddexp).
     Reference: ood-llr.py's method, a Python loop of S sequential forward passes per term

@@ -82,18 +82,15 @@ class TrainedModel:
 
   def score_fn(self, ks: Sequence[int], iw_samples_elbo: int, iw_samples_lk: int, chunk_size: int):
     """The jitted `(params, x, key_data) -> {name: [batch]}` per-image scorer for these
-    settings (`ood.make_image_score_fn`, with `max_passes()` in flight), built once and
-    reused."""
+    settings (`ood.make_image_score_fn`, with `max_passes_for(config.eval.max_passes)` image
+    passes in flight), built once and reused."""
     mesh = self.mesh if self.mesh is not None else sharding.make_data_mesh()
-    sig = (tuple(ks), iw_samples_elbo, iw_samples_lk, chunk_size, self.max_passes(), mesh.size)
+    sig = (tuple(ks), iw_samples_elbo, iw_samples_lk, chunk_size,
+           max_passes_for(int(self.config.eval.max_passes)), mesh.size)
     if sig not in self._fns:
       self._fns[sig] = ood.make_image_score_fn(self.model, ks, iw_samples_elbo, iw_samples_lk,
                                                chunk_size, *sig[-2:])
     return self._fns[sig]
-
-  def max_passes(self) -> int:
-    """Image passes in flight while scoring: `max_passes_for(config.eval.max_passes)`."""
-    return max_passes_for(int(self.config.eval.max_passes))
 
   def default_ks(self) -> tuple[int, ...]:
     return tuple(self.config.eval.ks) or tuple(range(1, ood.max_k(self.model) + 1))

@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from hvae_jax import (batching, checkpoints, config as config_lib, data, host_memory, multihost,
                       plots, preprocess, sharding)
-from hvae_jax.interrupts import InterruptOnSigterm, Interrupted, StopOnInterrupt
 from hvae_jax.compilation_cache import enable_compilation_cache
+from hvae_jax.interrupts import InterruptOnSigterm, Interrupted, StopOnInterrupt
 from hvae_jax.models import build_model
 from hvae_jax.training.guards import NonFiniteSteps, TrainingError
 from hvae_jax.training.metric_log import MetricWriter, read_scalars
