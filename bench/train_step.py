@@ -9,6 +9,7 @@ in bench/RESULTS.md.
 import argparse
 import importlib.util
 import os
+import resource
 import sys
 import time
 
@@ -75,10 +76,16 @@ def main():
   compile_s = time.time() - t0
   temp_mb = compiled.memory_analysis().temp_size_in_bytes / 2**20
   state, _ = run_steps(compiled, state, xb, key, 1)
+  before = resource.getrusage(resource.RUSAGE_SELF)
   state, dt = run_steps(compiled, state, xb, key, a.steps)
+  after = resource.getrusage(resource.RUSAGE_SELF)
   print(f"config={a.config} set={a.set} batch={a.batch} devices={jax.devices()}")
   print(f"params={count_params(state.params)} compile_s={compile_s:.1f} "
         f"xla_temp_mb={temp_mb:.0f} train_examples_per_s={a.steps * a.batch / dt:.1f}")
+  # Page faults and kernel time per step: a step that maps its buffers afresh shows here.
+  print(f"page_faults_per_step={(after.ru_minflt - before.ru_minflt) / a.steps:.0f} "
+        f"kernel_s_per_step={(after.ru_stime - before.ru_stime) / a.steps:.3f} "
+        f"max_rss_mb={after.ru_maxrss / 1024:.0f}")
 
 
 if __name__ == "__main__":
