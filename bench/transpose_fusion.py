@@ -1,4 +1,4 @@
-"""XLA:CPU's batch<->channel transposes for weight gradients, with and without fused elementwise ops.
+"""XLA:CPU's batch<->channel transposes for weight gradients, with and without fused ops.
 
   taskset -c 0 python bench/transpose_fusion.py --steps 14
 
@@ -17,7 +17,8 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import flax.linen as nn  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
@@ -26,7 +27,6 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 from bench.train_step import load_config, setup  # pylint: disable=wrong-import-position
 from hvae_jax import layers, training  # pylint: disable=wrong-import-position
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERM = (3, 1, 2, 0)  # [batch, h, w, c] -> [c, h, w, batch], as XLA:CPU lays out the operand
 
 
@@ -39,7 +39,7 @@ def constant_free_relu(x: jax.Array) -> jax.Array:
 constant_free_relu.defjvp(lambda p, t: (constant_free_relu(p[0]), jnp.where(p[0] > 0, t[0], 0)))
 
 
-def median_ms(fn, *args, repeats: int = 15) -> tuple[float, float]:
+def min_and_median_ms(fn, *args, repeats: int = 15) -> tuple[float, float]:
   """(min, median) milliseconds per call after a compiling call."""
   jax.block_until_ready(fn(*args))
   ts = []
@@ -64,16 +64,17 @@ def transposes() -> None:
            "max(x, x - x) (constant-free relu)": (lambda x: t(constant_free_relu(x)), x)}
   print("part 1: [128, 28, 28, 64] -> [64, 28, 28, 128], ms per call (min / median)")
   for name, (fn, *args) in cases.items():
-    lo, med = median_ms(jax.jit(fn), *args)
+    lo, med = min_and_median_ms(jax.jit(fn), *args)
     print(f"  {name:36s} {lo:6.1f} / {med:6.1f}")
 
 
 def train_steps(steps: int) -> None:
   variants = {"nn.relu": nn.relu, "constant-free relu": constant_free_relu}
+  config = load_config(os.path.join(ROOT, "configs", "fmnist_hvae.py"), [])
   compiled = {}
   for name, fn in variants.items():
     layers.ACTIVATIONS["relu"] = fn  # the model looks its activation up when traced
-    step, state, xb, key = setup(load_config(os.path.join(ROOT, "configs", "fmnist_hvae.py"), []), 128)
+    step, state, xb, key = setup(config, 128)
     compiled[name] = [training.compile_train_step(step, state, xb, key), state, xb, key]
   layers.ACTIVATIONS["relu"] = nn.relu
   times = {name: [] for name in variants}
